@@ -1,0 +1,157 @@
+"""RandSAC decoder: masked self-attention, masked cross-attention to encoder memory, trainable skips.
+
+The decoder's queries carry no content: each is the fixed sin-cos position embedding of a target token.
+Query i may read (a) other queries of its own and earlier segments (`causal` mask) and (b) encoder
+outputs of strictly earlier segments (`memory` mask), so a segment is predicted from what came before.
+
+Trainable skip connections (paper section 4): decoder layer l reads the memory
+`Z_l = proj(sum_k W[l, k] * LN_k(H_k))` over all encoder block outputs `H_k`.
+Decisions (DESIGN.md leaves them open):
+- each encoder level gets its own LayerNorm before mixing, so levels of different scale mix fairly;
+- one shared Linear projects the mixture from encoder to decoder width;
+- `W` starts uniform, `1 / L_enc` everywhere, so every level (and its norm) gets a gradient from step 0;
+  with skips off every layer reads the last encoder block only (the plain masked transformer).
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Attention, DropPath, LayerNorm, Mlp
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ['CrossAttention', 'DecoderBlock', 'SkipMemory', 'RandSACDecoder']
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from queries `x: (B, N, D)` to `memory: (B, M, D)` with a boolean mask."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'decoder width {dim} is not divisible by its {num_heads} heads')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, N, D = x.shape
+        q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
+        k, v = self.kv(memory).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, h, M, hd)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: masked self-attention -> masked cross-attention -> MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.self_attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.norm2 = LayerNorm(dim)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.norm3 = LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            memory: torch.Tensor,
+            self_mask: Optional[torch.Tensor],
+            memory_mask: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        x = x + self.drop_path(self.self_attn(self.norm1(x), attn_mask=self_mask))
+        x = x + self.drop_path(self.cross_attn(self.norm2(x), memory, attn_mask=memory_mask))
+        return x + self.drop_path(self.mlp(self.norm3(x)))
+
+
+class SkipMemory(nn.Module):
+    """Builds the memory each decoder layer reads from the encoder's block outputs.
+
+    With `skip_connections=True`, layer l reads `proj(sum_k W[l, k] * LN_k(H_k))` (trainable `W`);
+    otherwise every layer reads `proj(LN(H_last))`.
+    """
+
+    def __init__(self, encoder_dim: int, encoder_depth: int, decoder_dim: int, decoder_depth: int,
+                 skip_connections: bool = True):
+        super().__init__()
+        self.skip_connections = skip_connections
+        self.decoder_depth = decoder_depth
+        num_levels = encoder_depth if skip_connections else 1
+        self.norms = nn.ModuleList([LayerNorm(encoder_dim) for _ in range(num_levels)])
+        self.skip_weights = nn.Parameter(
+            torch.full((decoder_depth, encoder_depth), 1.0 / encoder_depth)) if skip_connections else None
+        self.proj = nn.Linear(encoder_dim, decoder_dim)
+
+    def forward(self, hidden: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Map encoder block outputs `hidden: L_enc x (B, N, D_enc)` to `L_dec x (B, N, D_dec)` memories."""
+        if self.skip_weights is None:
+            memory = self.proj(self.norms[0](hidden[-1]))
+            return [memory] * self.decoder_depth
+        normed = torch.stack([norm(h) for norm, h in zip(self.norms, hidden)])  # (L_enc, B, N, D_enc)
+        mixed = torch.einsum('lk,kbnd->lbnd', self.skip_weights.to(normed.dtype), normed)  # (L_dec, B, N, D_enc)
+        return list(self.proj(mixed).unbind(0))
+
+
+class RandSACDecoder(nn.Module):
+    """Decoder stack: position queries -> `depth` DecoderBlocks -> norm -> per-token pixel prediction."""
+
+    def __init__(
+            self,
+            encoder_dim: int,
+            encoder_depth: int,
+            out_dim: int,
+            embed_dim: int = 512,
+            depth: int = 4,
+            num_heads: int = 16,
+            mlp_ratio: float = 4.0,
+            skip_connections: bool = True,
+            drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.memory = SkipMemory(encoder_dim, encoder_depth, embed_dim, depth, skip_connections)
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        self.blocks = nn.ModuleList([DecoderBlock(embed_dim, num_heads, mlp_ratio, dpr[i]) for i in range(depth)])
+        self.norm = LayerNorm(embed_dim)
+        self.pred = nn.Linear(embed_dim, out_dim)
+        self.grad_checkpointing = False
+        self.apply(_init_weights)
+
+    def forward(
+            self,
+            queries: torch.Tensor,
+            hidden: List[torch.Tensor],
+            self_mask: torch.Tensor,
+            memory_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            queries: (B, N, D_dec) position-only query tokens.
+            hidden: encoder block outputs, L_enc x (B, N, D_enc).
+            self_mask: (B, 1, N, N) bool, True = may attend.
+            memory_mask: (B, 1, N, N) bool, True = may attend.
+
+        Returns:
+            (B, N, out_dim) predictions.
+        """
+        x = queries
+        for blk, memory in zip(self.blocks, self.memory(hidden)):
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                # unlike timm's ViT with a mask, checkpointing stays on here and the masks go with it
+                x = checkpoint(blk, x, memory, self_mask, memory_mask, use_reentrant=False)
+            else:
+                x = blk(x, memory, self_mask, memory_mask)
+        return self.pred(self.norm(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    # MAE's decoder init: xavier-uniform linears, zero biases
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

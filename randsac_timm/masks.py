@@ -1,0 +1,85 @@
+"""Attention and loss masks of RandSAC, built from a serialization `rank`.
+
+Tokens stay in raster order; the prediction order lives in `rank: (B, N) int64` (see `segments.py`).
+Every mask here uses the polarity of PyTorch's fused attention: `True = may attend`. Masks are built
+once per step as `(B, 1, N, N)` and broadcast over heads and shared by every layer.
+
+Invariants (tested): no attention row is ever fully masked, and no query can read a token of its own
+segment or of a later one through the memory, except the first segment, which has nothing before it
+and therefore reads its own encoding (and is left out of the loss by default).
+"""
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ['SegmentMasks', 'build_masks', 'causal_segment_mask', 'memory_mask', 'loss_mask']
+
+
+def causal_segment_mask(rank: torch.Tensor) -> torch.Tensor:
+    """Encoder source mask and decoder self-attention mask.
+
+    Args:
+        rank: (B, N) int64 segment order of each token.
+
+    Returns:
+        (B, 1, N, N) bool, True where query i may attend key j, i.e. `rank[j] <= rank[i]`
+        (its own segment and every earlier one). The diagonal is always True.
+    """
+    return (rank.unsqueeze(1) <= rank.unsqueeze(2)).unsqueeze(1)
+
+
+def memory_mask(rank: torch.Tensor) -> torch.Tensor:
+    """Decoder cross-attention mask (query i -> encoder output j).
+
+    Args:
+        rank: (B, N) int64 segment order of each token.
+
+    Returns:
+        (B, 1, N, N) bool, True where `rank[j] < rank[i]` (strictly earlier segments only). The first
+        segment (`rank == 0`) has nothing before it, so its queries attend to its own encoding; without
+        this their rows would be fully masked and fused attention returns NaN rows on some backends.
+    """
+    q, k = rank.unsqueeze(2), rank.unsqueeze(1)
+    return ((k < q) | ((q == 0) & (k == 0))).unsqueeze(1)
+
+
+def loss_mask(rank: torch.Tensor, include_first_segment: bool = False) -> torch.Tensor:
+    """Tokens whose prediction enters the loss.
+
+    Args:
+        rank: (B, N) int64 segment order of each token.
+        include_first_segment: Also score the first segment. Off by default because its queries read
+            their own encoding through the memory mask (see `memory_mask`); on reproduces the paper literally.
+
+    Returns:
+        (B, N) bool, True = scored.
+    """
+    if include_first_segment:
+        return torch.ones_like(rank, dtype=torch.bool)
+    return rank > 0
+
+
+@dataclass
+class SegmentMasks:
+    """The masks of one step, built once and shared across heads and layers.
+
+    Attributes:
+        causal: (B, 1, N, N) bool, encoder source mask == decoder self mask, True = may attend.
+        memory: (B, 1, N, N) bool, decoder -> encoder memory mask, True = may attend.
+        loss: (B, N) bool, True = token is scored.
+    """
+
+    causal: torch.Tensor
+    memory: torch.Tensor
+    loss: torch.Tensor
+
+
+def build_masks(rank: torch.Tensor, include_first_segment: bool = False) -> SegmentMasks:
+    """Build every mask of a RandSAC step from `rank: (B, N) int64`."""
+    if rank.dim() != 2:
+        raise ValueError(f'rank must be (B, N), got shape {tuple(rank.shape)}')
+    return SegmentMasks(
+        causal=causal_segment_mask(rank),
+        memory=memory_mask(rank),
+        loss=loss_mask(rank, include_first_segment),
+    )

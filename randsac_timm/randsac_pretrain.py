@@ -1,0 +1,255 @@
+"""RandSAC pretraining wrappers: a timm encoder, random hierarchical segments, a masked decoder.
+
+Paper: `Self-supervision through Random Segments with Autoregressive Coding (RandSAC)`
+    - https://arxiv.org/abs/2203.12054
+
+`forward(images)` = sample a serialization `rank` -> build the masks once -> run the encoder through
+timm's public `forward_intermediates(x, attn_mask=...)` -> decode position queries against the
+memory of earlier segments -> masked MSE on the pixels of the scored tokens.
+
+Registered as `randsac_pretrain_<encoder>` (e.g. `randsac_pretrain_vit_tiny_patch4_32`), each with the
+paper's decoder for that setting (DESIGN.md section 6).
+"""
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Set, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import VisionTransformer, register_model
+
+from .decoder import RandSACDecoder
+from .losses import masked_mse, pixel_target
+from .masks import build_masks
+from .randsac_vit import sincos_pos_embed
+from .segments import SegmentSpec, parse_segments, sample_rank
+
+__all__ = ['RandSACOutput', 'RandSACPretrain', 'create_randsac_pretrain', 'PRETRAIN_ARGS']
+
+
+@dataclass
+class RandSACOutput:
+    """What one pretraining forward returns.
+
+    Attributes:
+        loss: scalar, MSE averaged over the scored tokens.
+        pred: (B, N, P*P*C) predicted pixels of every token (raster order).
+        target: (B, N, P*P*C) regression target (per-patch normalised when `norm_pix`).
+        rank: (B, N) int64 segment order of each token.
+        loss_mask: (B, N) bool, True = token entered the loss.
+    """
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    target: torch.Tensor
+    rank: torch.Tensor
+    loss_mask: torch.Tensor
+
+
+class RandSACPretrain(nn.Module):
+    """RandSAC objective around any timm `VisionTransformer` without prefix tokens.
+
+    Args:
+        encoder: the encoder; reached only through `forward_intermediates(..., attn_mask=...)`.
+        segments: serialization in the paper's notation, e.g. `'blob:11-5'` (see `segments.py`).
+        decoder_embed_dim: decoder width.
+        decoder_depth: number of decoder blocks.
+        decoder_num_heads: decoder attention heads.
+        decoder_mlp_ratio: decoder MLP expansion.
+        skip_connections: trainable encoder->decoder skips (True) or every layer reads the last block.
+        norm_pix: per-patch normalised pixel target (MAE's norm_pix_loss).
+        loss_first_segment: also score the first segment (it reads its own encoding; off by default).
+        decoder_drop_path_rate: stochastic depth in the decoder.
+    """
+
+    def __init__(
+            self,
+            encoder: VisionTransformer,
+            segments: Union[str, SegmentSpec] = 'blob:11-5',
+            decoder_embed_dim: int = 512,
+            decoder_depth: int = 4,
+            decoder_num_heads: int = 16,
+            decoder_mlp_ratio: float = 4.0,
+            skip_connections: bool = True,
+            norm_pix: bool = False,
+            loss_first_segment: bool = False,
+            decoder_drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if getattr(encoder, 'num_prefix_tokens', 0):
+            raise ValueError('RandSAC needs an encoder without class/register tokens (class_token=False).')
+        self.encoder = encoder
+        # The pooled-feature norm and head serve downstream use only; freezing them keeps DDP from
+        # waiting on parameters the objective never touches.
+        for module in (encoder.fc_norm, encoder.head):
+            module.requires_grad_(False)
+        self.pretrained_cfg = getattr(encoder, 'pretrained_cfg', {})
+        self.patch_size: Tuple[int, int] = tuple(encoder.patch_embed.patch_size)
+        self.in_chans = encoder.patch_embed.proj.in_channels
+        self.grid_size: Tuple[int, int] = tuple(encoder.patch_embed.grid_size)
+        self.segments = parse_segments(segments)
+        self.segments.validate(self.grid_size)
+        self.norm_pix = norm_pix
+        self.loss_first_segment = loss_first_segment
+        self.decoder = RandSACDecoder(
+            encoder_dim=encoder.embed_dim,
+            encoder_depth=len(encoder.blocks),
+            out_dim=self.patch_size[0] * self.patch_size[1] * self.in_chans,
+            embed_dim=decoder_embed_dim,
+            depth=decoder_depth,
+            num_heads=decoder_num_heads,
+            mlp_ratio=decoder_mlp_ratio,
+            skip_connections=skip_connections,
+            drop_path_rate=decoder_drop_path_rate,
+        )
+        # queries are position-only: fixed sin-cos at decoder width, derived, so not saved
+        self.register_buffer(
+            'decoder_pos_embed', sincos_pos_embed(self.grid_size, decoder_embed_dim), persistent=False)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        # skip weights are mixing coefficients, not a projection: decaying them would pull every skip to 0
+        return {'decoder.memory.skip_weights'}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        # timm's ViT runs masked blocks without checkpointing (it never drops the mask); the decoder
+        # checkpoints its blocks with the masks passed along.
+        self.encoder.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+
+    def check_images(self, images: torch.Tensor) -> Tuple[int, int]:
+        """Validate `images: (B, C, H, W)` and return the token grid `(h, w)`."""
+        if images.dim() != 4:
+            raise ValueError(f'images must be (B, C, H, W), got shape {tuple(images.shape)}')
+        _, C, H, W = images.shape
+        if C != self.in_chans:
+            raise ValueError(
+                f'images have {C} channels but the model was built for in_chans={self.in_chans}; '
+                f'create it with in_chans={C} (Fashion-MNIST is 1 channel, RGB is 3).')
+        ph, pw = self.patch_size
+        if H % ph or W % pw:
+            raise ValueError(
+                f'image size {H}x{W} is not divisible by the patch size {ph}x{pw}; resize or pad the images '
+                f'to a multiple of {ph}x{pw}.')
+        if not self.encoder.dynamic_img_size and (H, W) != tuple(self.encoder.patch_embed.img_size):
+            h, w = self.encoder.patch_embed.img_size
+            raise ValueError(
+                f'image size {H}x{W} does not match the model img_size {h}x{w}; create the model with '
+                f'img_size=({H}, {W}) or dynamic_img_size=True.')
+        return H // ph, W // pw
+
+    def _queries(self, grid_size: Tuple[int, int], batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        pos = self.decoder_pos_embed
+        if grid_size != self.grid_size:
+            pos = sincos_pos_embed(grid_size, self.decoder.embed_dim, device=like.device)
+        return pos.to(like.dtype).expand(batch_size, -1, -1)
+
+    def forward(
+            self,
+            images: torch.Tensor,
+            rank: Optional[torch.Tensor] = None,
+            generator: Optional[torch.Generator] = None,
+    ) -> RandSACOutput:
+        """
+        Args:
+            images: (B, C, H, W) normalised images.
+            rank: optional (B, N) int64 serialization; sampled from `self.segments` when None.
+            generator: RNG for sampling `rank` (the global RNG when None).
+        """
+        grid_size = self.check_images(images)
+        B = images.shape[0]
+        if rank is None:
+            if grid_size != self.grid_size:
+                self.segments.validate(grid_size)
+            rank = sample_rank(self.segments, B, grid_size, generator=generator, device=images.device)
+        elif rank.shape != (B, grid_size[0] * grid_size[1]):
+            raise ValueError(f'rank must have shape {(B, grid_size[0] * grid_size[1])}, got {tuple(rank.shape)}')
+        masks = build_masks(rank, include_first_segment=self.loss_first_segment)
+        _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=masks.causal)
+        queries = self._queries(grid_size, B, hidden[-1])
+        pred = self.decoder(queries, hidden, masks.causal, masks.memory)
+        target = pixel_target(images, self.patch_size, norm_pix=self.norm_pix)
+        loss = masked_mse(pred, target, masks.loss)
+        return RandSACOutput(loss=loss, pred=pred, target=target, rank=rank, loss_mask=masks.loss)
+
+
+# encoder name -> the paper's decoder and default segments for that setting (DESIGN.md section 6)
+PRETRAIN_ARGS: Dict[str, Dict[str, Any]] = {
+    'randsac_vit_micro_patch4_32': dict(  # ours, CPU-sized
+        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, segments='blob:11-5'),
+    'randsac_vit_tiny_patch4_32': dict(
+        decoder_embed_dim=192, decoder_depth=3, decoder_num_heads=3, segments='blob:11-5'),
+    'randsac_vit_small_patch4_32': dict(
+        decoder_embed_dim=384, decoder_depth=6, decoder_num_heads=6, segments='blob:11-5'),
+    'randsac_vit_small_patch16_224': dict(
+        decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=12, segments='blob:11-5'),
+    'randsac_vit_base_patch16_224': dict(
+        decoder_embed_dim=512, decoder_depth=4, decoder_num_heads=16, segments='blob:11-7-3'),
+    # not in the paper: ViT-L takes the ViT-B decoder
+    'randsac_vit_large_patch16_224': dict(
+        decoder_embed_dim=512, decoder_depth=4, decoder_num_heads=16, segments='blob:11-7-3'),
+    'randsac_vit_base': dict(
+        decoder_embed_dim=512, decoder_depth=4, decoder_num_heads=16, segments='blob:11-7-3'),
+}
+
+_WRAPPER_KWARGS = (
+    'segments', 'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads', 'decoder_mlp_ratio',
+    'skip_connections', 'norm_pix', 'loss_first_segment', 'decoder_drop_path_rate',
+)
+
+
+def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    """Build the pretraining wrapper for a registered encoder.
+
+    Wrapper kwargs (`segments`, `skip_connections`, `norm_pix`, `loss_first_segment`, `decoder_*`) configure
+    the objective; every other kwarg goes to the encoder (`img_size`, `in_chans`, `drop_path_rate`, ...), so
+    an unknown one raises `TypeError` there.
+    """
+    kwargs.pop('pretrained_cfg', None)
+    kwargs.pop('pretrained_cfg_overlay', None)
+    if pretrained:
+        raise ValueError(
+            f'no pretrained weights are published for the pretraining wrapper of {encoder_name}: pretrain with '
+            f'train_pretrain.py, or load published encoder weights with timm.create_model("{encoder_name}.<tag>", '
+            f'pretrained=True).')
+    wrapper_args = dict(PRETRAIN_ARGS[encoder_name])
+    wrapper_args.update({k: kwargs.pop(k) for k in _WRAPPER_KWARGS if k in kwargs})
+    kwargs.setdefault('num_classes', 0)
+    encoder = timm.create_model(encoder_name, **kwargs)
+    return RandSACPretrain(encoder, **wrapper_args)
+
+
+@register_model
+def randsac_pretrain_vit_micro_patch4_32(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    return create_randsac_pretrain('randsac_vit_micro_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def randsac_pretrain_vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    return create_randsac_pretrain('randsac_vit_tiny_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def randsac_pretrain_vit_small_patch4_32(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    return create_randsac_pretrain('randsac_vit_small_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def randsac_pretrain_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    return create_randsac_pretrain('randsac_vit_small_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def randsac_pretrain_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    return create_randsac_pretrain('randsac_vit_base_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def randsac_pretrain_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    return create_randsac_pretrain('randsac_vit_large_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def randsac_pretrain_vit_base(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    return create_randsac_pretrain('randsac_vit_base', pretrained, **kwargs)
