@@ -38,6 +38,7 @@ __all__ = [
     "FashionMNIST",
     "LabelledSubset",
     "PadTo",
+    "SeededAugmentation",
     "build_dataset",
     "build_eval_transform",
     "build_loader",
@@ -458,10 +459,11 @@ class EpochSeededSampler(Sampler[int]):
     to skip the first indices of that order (``skip_batches * batch_size`` to resume mid-epoch).
     """
 
-    def __init__(self, dataset_len: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, dataset_len: int, seed: int = 0, shuffle: bool = True, with_epoch: bool = False) -> None:
         self.dataset_len = dataset_len
         self.seed = seed
         self.shuffle = shuffle
+        self.with_epoch = with_epoch
         self.epoch = 0
         self.start_index = 0
 
@@ -477,7 +479,7 @@ class EpochSeededSampler(Sampler[int]):
         ).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start_index :])
+        return _keys(self.order()[self.start_index :], self.epoch, self.with_epoch)
 
     def __len__(self) -> int:
         return max(self.dataset_len - self.start_index, 0)
@@ -487,8 +489,17 @@ class DistributedEpochSampler(DistributedSampler):
     """``DistributedSampler`` (order from ``seed + epoch``) with the same ``start_index`` skipping, which
     counts indices of this rank's shard. ``set_epoch`` resets ``start_index`` to 0."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int,
+        rank: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        with_epoch: bool = False,
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.with_epoch = with_epoch
         self.start_index = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -496,10 +507,42 @@ class DistributedEpochSampler(DistributedSampler):
         self.start_index = 0
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start_index :])
+        return _keys(list(super().__iter__())[self.start_index :], self.epoch, self.with_epoch)
 
     def __len__(self) -> int:
         return max(self.num_samples - self.start_index, 0)
+
+
+def _keys(indices: List[int], epoch: int, with_epoch: bool) -> Iterator:
+    # (epoch, index) keys let SeededAugmentation fix each sample's augmentation in any worker process
+    return iter([(epoch, i) for i in indices]) if with_epoch else iter(indices)
+
+
+class SeededAugmentation(Dataset):
+    """Applies a random ``transform`` whose randomness is fixed by ``(seed, epoch, index)``.
+
+    Indexed by ``(epoch, index)`` keys (samplers built with ``with_epoch=True``). The crop of sample ``i`` in
+    epoch ``e`` is then the same in an uninterrupted run, a run resumed mid-epoch, with 0 or 8 workers, and
+    on any number of processes, which is what makes resume continue exactly. The global RNG is restored
+    afterwards, so the transform consumes none of the caller's randomness.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        epoch, index = key
+        image, label = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            # ints hash identically in every process (no hash randomisation for ints and tuples of ints)
+            torch.manual_seed(hash((self.seed, epoch, index)) % 2**63)
+            image = self.transform(image)
+        return image, label
 
 
 def seed_worker(worker_id: int, base_seed: int = 0) -> None:
@@ -521,14 +564,16 @@ def build_loader(
     distributed: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    with_epoch: bool = False,
 ) -> DataLoader:
     """DataLoader with a reproducible order: ``loader.sampler`` is an ``EpochSeededSampler`` (or a
     ``DistributedEpochSampler`` when ``distributed``), both with ``set_epoch`` and ``start_index``.
 
     Call ``set_loader_epoch(loader, epoch, skip_batches)`` before each epoch. Workers are persistent,
-    seeded by ``seed_worker``; ``pin_memory`` only with CUDA. Augmentation randomness is seeded but, with
-    persistent workers, continues across epochs, so only the batch order (not the crops) is exactly
-    reproduced on resume. Iterable datasets get no sampler (their order is their own).
+    seeded by ``seed_worker``; ``pin_memory`` only with CUDA. With ``with_epoch=True`` the sampler yields
+    ``(epoch, index)`` keys for a ``SeededAugmentation`` dataset, whose crops are then reproduced exactly on
+    resume; a plain dataset's augmentation draws from the worker RNG, so only its batch order is reproduced.
+    Iterable datasets get no sampler (their order is their own).
     """
     common = dict(
         batch_size=batch_size,
@@ -542,9 +587,10 @@ def build_loader(
     if isinstance(dataset, IterableDataset):
         return DataLoader(dataset, **common)
     if distributed:
-        sampler: Sampler = DistributedEpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed)
+        sampler: Sampler = DistributedEpochSampler(
+            dataset, world_size, rank, shuffle=shuffle, seed=seed, with_epoch=with_epoch)
     else:
-        sampler = EpochSeededSampler(len(dataset), seed=seed, shuffle=shuffle)
+        sampler = EpochSeededSampler(len(dataset), seed=seed, shuffle=shuffle, with_epoch=with_epoch)
     return DataLoader(dataset, sampler=sampler, **common)
 
 

@@ -246,8 +246,9 @@ def _assign_grid_to_blobs(grid_size: Tuple[int, int], means: torch.Tensor, stds:
     xs = torch.linspace(-2.0, 2.0, w, device=means.device)
     ys = torch.linspace(-2.0, 2.0, h, device=means.device)
     (mx, my), (sx, sy) = means.unbind(-1), stds.unbind(-1)
-    fx = ((xs[:, None] - mx.unsqueeze(1)) / sx.unsqueeze(1)).square_().mul_(-0.5).sub_(sx.log().unsqueeze(1))  # (B, w, K)
-    fy = ((ys[:, None] - my.unsqueeze(1)) / sy.unsqueeze(1)).square_().mul_(-0.5).sub_(sy.log().unsqueeze(1))  # (B, h, K)
+    # fx: (B, w, K), fy: (B, h, K)
+    fx = ((xs[:, None] - mx.unsqueeze(1)) / sx.unsqueeze(1)).square_().mul_(-0.5).sub_(sx.log().unsqueeze(1))
+    fy = ((ys[:, None] - my.unsqueeze(1)) / sy.unsqueeze(1)).square_().mul_(-0.5).sub_(sy.log().unsqueeze(1))
     return (fy.unsqueeze(2) + fx.unsqueeze(1)).argmax(-1).flatten(1)  # (B, h, w, K) -> (B, N)
 
 
@@ -377,15 +378,15 @@ def _blob_labels(
         device: torch.device,
 ) -> List[torch.Tensor]:
     """Raw (not dense) per-level labels (B, N) for blob and shuffle; level l labels lie in ``0 .. counts[l]-1``."""
-    positions = token_positions(grid_size, device)
     # draw order (level-0 Gaussians first) is kept identical for blob and shuffle, so the same seed gives shuffle
     # exactly the segment sizes of blob
     means, stds = sample_blob_gaussians(batch_size, spec.counts[0], generator, device)
     labels = [_assign_grid_to_blobs(grid_size, means, stds)]
     if spec.kind == 'shuffle':
-        n = positions.shape[0]
+        n = grid_size[0] * grid_size[1]
         perm = _rand((batch_size, n), generator, device).argsort(dim=1)
         return [labels[0].gather(1, perm)]
+    positions = token_positions(grid_size, device)
     for fine, coarse in zip(spec.counts, spec.counts[1:]):
         # each level-l partition goes to a level-(l+1) blob by its centroid, so levels nest exactly
         means, stds = sample_blob_gaussians(batch_size, coarse, generator, device)

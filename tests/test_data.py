@@ -253,3 +253,25 @@ def test_max_samples_gives_a_deterministic_subset(fmnist_test):
     assert a.classes == fmnist_test.classes
     assert np.array_equal(np.asarray(a[0][0]), fmnist_test.data[a.indices[0]].numpy())
     assert len(build_dataset("fmnist", "val", None, None, max_samples=10**6)) == 10000
+
+
+def test_seeded_augmentation_is_fixed_by_seed_epoch_and_index_in_any_worker_count(fmnist_train):
+    from randsac_timm.data import SeededAugmentation
+
+    subset = build_dataset("fashion_mnist", "train", max_samples=64, seed=0)
+    augmented = SeededAugmentation(subset, build_pretrain_transform(32, (0.2860,), (0.3530,), pad_to=32), seed=3)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = augmented[(1, 5)][0]
+    assert torch.equal(torch.get_rng_state(), before)  # consumes none of the caller's randomness
+    assert torch.equal(a, augmented[(1, 5)][0])
+    assert not torch.equal(a, augmented[(2, 5)][0])  # another epoch, another crop
+
+    def batches(workers):
+        loader = build_loader(augmented, batch_size=16, num_workers=workers, seed=0, with_epoch=True)
+        set_loader_epoch(loader, 1, skip_batches=1)
+        return [x for x, _ in loader]
+
+    serial, parallel = batches(0), batches(2)
+    assert len(serial) == 3
+    assert all(torch.equal(s, p) for s, p in zip(serial, parallel))

@@ -293,6 +293,15 @@ def test_blob_segments_equal_reference_assignment_with_same_seed(grid):
         assert _segment_sizes(rank[b]) == sorted(c for c in torch.bincount(torch.tensor(ref)).tolist() if c)
 
 
+@pytest.mark.parametrize('grid', [(8, 8), (14, 14), (6, 10)])
+def test_blob_segments_equal_assign_to_blobs_on_token_positions(grid):
+    batch, k = 256, 11
+    means, stds = sample_blob_gaussians(batch, k, generator=_gen(20))
+    expected = assign_to_blobs(token_positions(grid), means, stds)
+    rank = sample_rank(f'blob:{k}', batch, grid, generator=_gen(20))
+    assert all(_same_partition(rank[b], expected[b]) for b in range(batch))
+
+
 def test_blob_hierarchy_groups_segments_by_centroid_like_reference():
     batch, grid = 3, (8, 8)
     gen = _gen(9)

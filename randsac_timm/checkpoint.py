@@ -1,0 +1,140 @@
+"""Pretraining checkpoints: atomic writes, `weights_only` loading, RNG capture, encoder export.
+
+A checkpoint is a plain dict (no pickled objects, so `torch.load(path, weights_only=True)` reads it):
+
+    format        'randsac-timm/pretrain/v1'
+    model         the pretraining wrapper's state_dict ('encoder.*', 'decoder.*')
+    model_name    registered wrapper name, e.g. 'randsac_pretrain_vit_micro_patch4_32'
+    model_kwargs  factory kwargs that rebuild it with timm.create_model(model_name, **model_kwargs)
+    encoder_name  registered encoder name; the encoder alone is timm.create_model(encoder_name, **encoder_kwargs)
+    encoder_kwargs
+    optimizer, scheduler, step, epoch, batch_in_epoch, nonfinite_skipped, rng, config, world_size, wall_time_s
+
+Writes go to a temporary file in the same folder, are flushed to disk, then renamed over the target, so a
+kill at any moment leaves either the previous file or the new one, never a torn file.
+"""
+import glob
+import json
+import os
+import random
+import re
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+__all__ = [
+    'CHECKPOINT_FORMAT', 'CheckpointError', 'atomic_save', 'load_checkpoint', 'latest_checkpoint', 'rng_state',
+    'set_rng_state', 'export_encoder', 'prune_checkpoints',
+]
+
+CHECKPOINT_FORMAT = 'randsac-timm/pretrain/v1'
+LAST = 'checkpoint-last.pth'
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def _atomic_write(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
+    try:
+        write(tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(state: Dict[str, Any], path: str) -> None:
+    """`torch.save` that never leaves a partially written `path`."""
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a pretraining checkpoint with `weights_only=True`, or raise `CheckpointError` naming the problem."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint {path} does not exist')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, wrong file type, ...
+        raise CheckpointError(
+            f'checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}). It was left untouched: '
+            f'move it away (or pass --resume with another checkpoint, or --no-auto-resume with a new '
+            f'--output-dir) to continue.') from e
+    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
+        found = state.get('format') if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f'{path} is not a randsac-timm pretraining checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})')
+    return state
+
+
+def latest_checkpoint(output_dir: str) -> Optional[str]:
+    path = os.path.join(output_dir, LAST)
+    return path if os.path.exists(path) else None
+
+
+def prune_checkpoints(output_dir: str, keep: int) -> List[str]:
+    """Delete all but the `keep` newest numbered checkpoints; returns the removed paths."""
+    numbered = []
+    for path in glob.glob(os.path.join(output_dir, 'checkpoint-*.pth')):
+        match = re.fullmatch(r'checkpoint-(\d+)\.pth', os.path.basename(path))
+        if match:
+            numbered.append((int(match.group(1)), path))
+    removed = [p for _, p in sorted(numbered)[:max(len(numbered) - keep, 0)]]
+    for path in removed:
+        os.remove(path)
+    return removed
+
+
+def rng_state(generators: Optional[Dict[str, torch.Generator]] = None) -> Dict[str, Any]:
+    """Every RNG a step may draw from, as tensors and plain values (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    state = {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
+                  'has_gauss': int(np_state[3]), 'gauss': float(np_state[4])},
+        'python': _python_state_to_plain(random.getstate()),
+        'generators': {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    return state
+
+
+def set_rng_state(state: Dict[str, Any], generators: Optional[Dict[str, torch.Generator]] = None) -> None:
+    torch.set_rng_state(state['torch'])
+    if state.get('cuda') and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    npst = state['numpy']
+    np.random.set_state(('MT19937', npst['keys'].numpy().astype(np.uint32), npst['pos'], npst['has_gauss'],
+                         npst['gauss']))
+    random.setstate(_python_state_from_plain(state['python']))
+    for name, g in (generators or {}).items():
+        g.set_state(state['generators'][name])
+
+
+def _python_state_to_plain(state: tuple) -> Dict[str, Any]:
+    version, internal, gauss = state
+    return {'version': version, 'internal': list(internal), 'gauss': gauss}
+
+
+def _python_state_from_plain(plain: Dict[str, Any]) -> tuple:
+    return plain['version'], tuple(plain['internal']), plain['gauss']
+
+
+def export_encoder(encoder: torch.nn.Module, path: str, encoder_name: str, encoder_kwargs: Dict[str, Any],
+                   extra_metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write the encoder alone as safetensors with plain timm ViT keys (no decoder, no wrapper prefix).
+
+    The metadata names the registered encoder and its kwargs, so
+    `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)` loads it.
+    """
+    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    metadata = {'format': 'pt', 'encoder_name': encoder_name, 'encoder_kwargs': json.dumps(encoder_kwargs)}
+    metadata.update(extra_metadata or {})
+    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))

@@ -1,0 +1,195 @@
+"""Run configuration: one dataclass per script, filled from defaults < a YAML preset < the command line.
+
+The command line is generated from the dataclass fields, so a field and its flag cannot drift apart:
+each field `foo_bar` is `--foo-bar` (timm style) and also `--foo_bar` (MAE style); MAE's own names for a
+few options (`--data_path`, `--input_size`, `--num_workers`) are accepted as aliases. Configs are stored
+in checkpoints as plain dicts, so `torch.load(weights_only=True)` can read them.
+"""
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+
+import yaml
+
+__all__ = ['PretrainConfig', 'PRESET_DIR', 'list_presets', 'resolve_preset', 'load_yaml_config', 'build_parser',
+           'config_from_args', 'make_config', 'parse_pretrain_args']
+
+PRESET_DIR = os.path.join(os.path.dirname(__file__), 'configs')
+DEFAULT_PRETRAIN_PRESET = 'fmnist_micro_cpu'
+
+C = TypeVar('C')
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs. Values are per process unless stated."""
+
+    # model
+    model: str = 'randsac_pretrain_vit_micro_patch4_32'
+    segments: Optional[str] = None  # paper notation, e.g. 'blob:11-5'; None = the model's default
+    norm_pix_loss: bool = False  # per-patch normalised target (on in the paper's final recipes)
+    skip_connections: bool = True
+    loss_first_segment: bool = False  # the first segment reads its own encoding, so it is not scored by default
+    drop_path: float = 0.0
+    # data
+    dataset: str = 'fashion_mnist'
+    data_dir: Optional[str] = None
+    img_size: int = 32
+    max_train_samples: Optional[int] = None  # a seeded subset of the training split, for short runs
+    download: bool = False  # torchvision download when online (CIFAR, Fashion-MNIST)
+    workers: int = 2
+    # optimisation (MAE conventions: lr = blr * effective batch / 256, schedule per step)
+    batch_size: int = 256  # per process
+    accum_iter: int = 1
+    epochs: int = 800
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs); the schedule is unchanged
+    blr: float = 1.5e-4
+    lr: Optional[float] = None  # absolute lr; overrides blr
+    min_lr: float = 0.0
+    warmup_epochs: float = 40.0
+    weight_decay: float = 0.05
+    betas: Tuple[float, float] = (0.9, 0.95)
+    clip_grad: Optional[float] = None  # max grad norm; None = no clipping (the paper clips nothing)
+    # runtime
+    seed: int = 0
+    device: str = 'auto'  # 'auto' = cuda when available (one GPU per torchrun process), else cpu
+    amp: bool = False  # bf16 autocast (meant for CUDA; slow on CPU)
+    compile: bool = False  # torch.compile the pretraining model
+    grad_checkpointing: bool = False
+    output_dir: str = 'output/pretrain'
+    resume: Optional[str] = None  # a checkpoint path; by default the output folder's checkpoint-last.pth resumes
+    auto_resume: bool = True
+    save_every: int = 500  # optimizer steps between checkpoints (besides each epoch's end); 0 = epochs only
+    keep_checkpoints: int = 2  # numbered checkpoints kept besides checkpoint-last.pth
+    log_every: int = 20  # optimizer steps per log.jsonl record
+    vis_every: int = 500  # optimizer steps between reconstruction PNGs (and one at the end); 0 = end only
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    progress: bool = True  # tqdm progress bar on the primary process
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# MAE / other spellings accepted on the command line and in YAML files
+ALIASES: Dict[str, str] = {
+    'data_path': 'data_dir',
+    'input_size': 'img_size',
+    'num_workers': 'workers',
+    'norm_pix': 'norm_pix_loss',
+    'drop_path_rate': 'drop_path',
+    'base_lr': 'blr',
+    'warmup': 'warmup_epochs',
+}
+
+
+def list_presets() -> List[str]:
+    return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith('.yaml'))
+
+
+def resolve_preset(name_or_path: str) -> str:
+    """A YAML path, or the name of a preset shipped in `randsac_timm/configs/`."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    candidate = os.path.join(PRESET_DIR, f'{name_or_path}.yaml')
+    if os.path.isfile(candidate):
+        return candidate
+    raise FileNotFoundError(
+        f'config {name_or_path!r} is neither a YAML file nor a preset; presets: {", ".join(list_presets())}')
+
+
+def load_yaml_config(path: str, cls: Type[C]) -> Dict[str, Any]:
+    """Read a YAML preset into field values of `cls`, rejecting unknown keys by name."""
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f'{path}: expected a mapping of option: value, got {type(values).__name__}')
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in values.items():
+        name = ALIASES.get(key.replace('-', '_'), key.replace('-', '_'))
+        if name not in names:
+            raise ValueError(f'{path}: unknown option {key!r}; valid options: {", ".join(sorted(names))}')
+        out[name] = value
+    return out
+
+
+def _field_types(cls: Type) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> Tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
+
+
+def _none_or(convert):
+    def parse(text: str):
+        return None if text.lower() in ('none', 'null', '') else convert(text)
+    parse.__name__ = getattr(convert, '__name__', 'value')
+    return parse
+
+
+def build_parser(cls: Type, description: str, help_texts: Optional[Dict[str, str]] = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per dataclass field (defaults suppressed, so only given flags override)."""
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument('--config', '-c', default=None,
+                        help=f'YAML file or preset name (presets: {", ".join(list_presets())})')
+    inverse_aliases: Dict[str, List[str]] = {}
+    for alias, target in ALIASES.items():
+        inverse_aliases.setdefault(target, []).append(alias)
+    help_texts = help_texts or {}
+    for f in dataclasses.fields(cls):
+        tp, optional = _unwrap_optional(_field_types(cls)[f.name])
+        names = [f'--{f.name.replace("_", "-")}']
+        for spelling in [f.name] + inverse_aliases.get(f.name, []):
+            flag = f'--{spelling}'
+            if flag not in names:
+                names.append(flag)
+        kwargs: Dict[str, Any] = dict(dest=f.name, help=help_texts.get(f.name, f'default: {f.default!r}'))
+        if tp is bool:
+            kwargs['action'] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) in (tuple, Tuple):
+            kwargs.update(nargs=len(typing.get_args(tp)), type=float, metavar='X')
+        else:
+            kwargs['type'] = _none_or(tp) if optional else tp
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def config_from_args(cls: Type[C], args: argparse.Namespace, default_preset: Optional[str] = None) -> C:
+    """Dataclass defaults, then the YAML preset (`--config`, else `default_preset`), then explicit flags."""
+    values: Dict[str, Any] = {}
+    preset = getattr(args, 'config', None) or default_preset
+    if preset:
+        values.update(load_yaml_config(resolve_preset(preset), cls))
+    values.update({k: v for k, v in vars(args).items() if k != 'config'})
+    return make_config(cls, values)
+
+
+def make_config(cls: Type[C], values: Dict[str, Any]) -> C:
+    """Build `cls` from plain values (YAML / checkpoint dicts): lists become tuples where the field is a tuple."""
+    types = _field_types(cls)
+    kwargs = {}
+    for name, value in values.items():
+        tp, _ = _unwrap_optional(types[name])
+        if typing.get_origin(tp) in (tuple, Tuple) and isinstance(value, (list, tuple)):
+            value = tuple(float(v) for v in value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_pretrain_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
+    parser = build_parser(PretrainConfig, 'RandSAC pretraining (timm plugin). Without --config it runs the '
+                                          f'default CPU preset {DEFAULT_PRETRAIN_PRESET!r} on Fashion-MNIST.')
+    args = parser.parse_args(argv)
+    return config_from_args(PretrainConfig, args, default_preset=DEFAULT_PRETRAIN_PRESET)
+

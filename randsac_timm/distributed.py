@@ -1,0 +1,73 @@
+"""Process-group set-up for torchrun: NCCL on GPUs, gloo on CPU; one primary process logs and saves."""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+__all__ = ['DistContext', 'init_distributed', 'resolve_device']
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> this process's GPU when CUDA is available, else the CPU."""
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    dev = torch.device(device)
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeError(f'--device {device} asked for CUDA but no GPU is visible; use --device cpu.')
+        if dev.index is None:
+            dev = torch.device('cuda', local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world_size
+        return value
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when `flag` is True on any (keeps DDP processes in lock-step)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device: str = 'auto', backend: Optional[str] = None) -> DistContext:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the process group."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend or ('nccl' if dev.type == 'cuda' else 'gloo'))
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
