@@ -18,26 +18,27 @@ import json
 import os
 import random
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 __all__ = [
-    'CHECKPOINT_FORMAT', 'CheckpointError', 'atomic_save', 'load_checkpoint', 'latest_checkpoint', 'rng_state',
-    'set_rng_state', 'export_encoder', 'prune_checkpoints',
+    'CHECKPOINT_FORMAT', 'CheckpointError', 'atomic_write', 'atomic_save', 'load_checkpoint', 'load_pretrain_model',
+    'latest_checkpoint', 'prune_checkpoints', 'rng_state', 'set_rng_state', 'export_encoder',
 ]
 
 CHECKPOINT_FORMAT = 'randsac-timm/pretrain/v1'
 LAST = 'checkpoint-last.pth'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+    """Call `write(tmp_path)`, flush it to disk, then rename it over `path` (creating the folder)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
@@ -53,13 +54,13 @@ def _atomic_write(path: str, write) -> None:
 
 def atomic_save(state: Dict[str, Any], path: str) -> None:
     """`torch.save` that never leaves a partially written `path`."""
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Load a pretraining checkpoint with `weights_only=True`, or raise `CheckpointError` naming the problem."""
     if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint {path} does not exist')
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, wrong file type, ...
@@ -72,6 +73,19 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise CheckpointError(
             f'{path} is not a randsac-timm pretraining checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})')
     return state
+
+
+def load_pretrain_model(path: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Rebuild the pretraining wrapper a checkpoint holds; returns (model in eval mode on the CPU, checkpoint)."""
+    import timm  # local: keeps this module importable without building timm's registry
+
+    state = load_checkpoint(path)
+    model = timm.create_model(state['model_name'], **state['model_kwargs'])
+    try:
+        model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        raise CheckpointError(f'weights in {path} do not fit {state["model_name"]}: {e}') from e
+    return model.eval(), state
 
 
 def latest_checkpoint(output_dir: str) -> Optional[str]:
@@ -137,4 +151,4 @@ def export_encoder(encoder: torch.nn.Module, path: str, encoder_name: str, encod
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     metadata = {'format': 'pt', 'encoder_name': encoder_name, 'encoder_kwargs': json.dumps(encoder_kwargs)}
     metadata.update(extra_metadata or {})
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))

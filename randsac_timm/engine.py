@@ -22,11 +22,26 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import unwrap_model
 from tqdm import tqdm
 
-from .checkpoint import LAST, CheckpointError, atomic_save, export_encoder, load_checkpoint, prune_checkpoints, rng_state
+from .checkpoint import (
+    LAST,
+    CheckpointError,
+    atomic_save,
+    export_encoder,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+)
 from .config import PretrainConfig
 from .data import (
-    SeededAugmentation, build_dataset, build_eval_transform, build_loader, build_pretrain_transform,
-    dataset_in_chans, dataset_pad_to, dataset_stats, set_loader_epoch,
+    SeededAugmentation,
+    build_dataset,
+    build_eval_transform,
+    build_loader,
+    build_pretrain_transform,
+    dataset_in_chans,
+    dataset_pad_to,
+    dataset_stats,
+    set_loader_epoch,
 )
 from .distributed import DistContext, init_distributed
 from .task import PretrainTask

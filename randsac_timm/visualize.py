@@ -20,13 +20,12 @@ Command line::
 """
 import argparse
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import timm
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .checkpoint import atomic_write, load_pretrain_model
 from .data import (
     build_dataset,
     build_eval_transform,
@@ -252,47 +251,20 @@ def save_reconstruction(
     """Render with `render_reconstruction` and write a PNG atomically (temp file in the same folder, then
     `os.replace`), so a reader never sees a half-written picture. Returns `path`."""
     picture = render_reconstruction(model, images, mean, std, generator=generator, rank=rank)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.png', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            picture.save(f, format='PNG')
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: picture.save(tmp, format='PNG'))
     return path
 
 
 def load_pretrain_checkpoint_model(path: str) -> Tuple[RandSACPretrain, Dict[str, Any]]:
-    """Rebuild the pretraining wrapper saved in a checkpoint (`weights_only` loading).
-
-    The checkpoint is a dict with `'model'` (state dict), `'model_name'`, `'model_kwargs'` and `'config'`.
-
-    Returns:
-        (model in eval mode on the CPU, the run config as a dict; empty if the checkpoint has none).
+    """Rebuild the pretraining wrapper saved in a checkpoint; returns (model in eval mode, run config dict).
 
     Raises:
         FileNotFoundError: no file at `path`.
-        ValueError: the file is unreadable, truncated or lacks the keys above.
-        RuntimeError: the weights do not fit the model the checkpoint names.
+        CheckpointError (a ValueError): the file is truncated, corrupt, not a pretraining checkpoint, or its
+            weights do not fit the model it names.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'no checkpoint file at {path}')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated zip, pickle errors, objects weights_only refuses: all mean "not readable"
-        raise ValueError(f'cannot read checkpoint {path} ({type(e).__name__}: {e}); is it truncated or corrupt?') from e
-    missing = [k for k in ('model', 'model_name', 'model_kwargs') if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ValueError(f'checkpoint {path} is not a RandSAC pretraining checkpoint: missing {missing}')
-    model = timm.create_model(ckpt['model_name'], **ckpt['model_kwargs'])
-    try:
-        model.load_state_dict(ckpt['model'])
-    except RuntimeError as e:
-        raise RuntimeError(f'weights in {path} do not fit {ckpt["model_name"]}: {e}') from e
-    return model.eval(), dict(ckpt.get('config') or {})
+    model, state = load_pretrain_model(path)
+    return model, dict(state.get('config') or {})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -136,6 +136,7 @@ def test_rgb_model_renders(fmnist_images):
 
 def _save_checkpoint(path, model: RandSACPretrain, **config) -> None:
     torch.save({
+        'format': 'randsac-timm/pretrain/v1',
         'model': model.state_dict(),
         'model_name': NAME,
         'model_kwargs': dict(TINY, segments='blob:11-5', norm_pix=False, in_chans=1, img_size=32),
