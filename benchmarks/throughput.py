@@ -1,0 +1,237 @@
+"""Throughput of a RandSAC step next to the network it trains, in one process, side by side.
+
+    python benchmarks/throughput.py                                   # CPU: micro and ViT-Tiny, 8x8 grid, fp32
+    python benchmarks/throughput.py --json benchmarks/results/throughput_cpu.json
+    python benchmarks/throughput.py --device cuda --encoders randsac_vit_base_patch16_224 --amp --batch-size 256
+
+For each encoder it times, after warm-up, repeated full training steps (forward, backward, AdamW) of:
+  (a) timm  : the encoder as a supervised timm VisionTransformer (linear head, cross-entropy);
+  (b) randsac: the RandSAC pretraining step (serialization + masks + encoder + decoder + loss);
+  (c) nomask: the same encoder-decoder step with every mask removed and no serialization;
+  (d) mae   : the MAE step of the same encoder/decoder sizes (75% masking), when registered.
+and reports images/s, peak memory, FLOPs per step (counted by torch.utils.flop_counter, which applies the
+analytic formula of every matmul / attention op executed: forward + backward; masked attention is counted
+dense, as the kernels compute it), achieved FLOP/s, the share of (b) spent sampling ranks and building
+masks, and the ratios (b)/(c) step time, FLOP/s of (b) over (a), and peak memory (b)/(c).
+
+Peak memory: CUDA's max_memory_allocated; on CPU the growth of the process's peak resident set during
+the timed steps (each configuration runs in its own subprocess so earlier ones do not mask it).
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import randsac_timm  # noqa: F401
+from randsac_timm.losses import masked_mse, pixel_target
+from randsac_timm.masks import build_masks
+from randsac_timm.segments import sample_rank
+
+MODES = ('timm', 'randsac', 'nomask', 'mae')
+
+
+def _current_rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _step_fn(mode: str, encoder_name: str, batch_size: int, device: torch.device, amp: bool, compile: bool,
+             segments: Optional[str]) -> Callable[[], None]:
+    """Build the model of `mode` and return a closure running one full training step."""
+    torch.manual_seed(0)
+    pretrain_name = encoder_name.replace('randsac_', 'randsac_pretrain_', 1)
+    kwargs = {'segments': segments} if segments and mode == 'randsac' else {}
+    if mode == 'timm':
+        model = timm.create_model(encoder_name, num_classes=10)
+    elif mode == 'mae':
+        model = timm.create_model(encoder_name.replace('randsac_', 'mae_pretrain_', 1))
+    else:
+        model = timm.create_model(pretrain_name, **kwargs)
+    model = model.to(device).train()
+    cfg = model.pretrained_cfg
+    in_chans = cfg['input_size'][0]
+    size = tuple(cfg['input_size'][1:])
+    images = torch.randn(batch_size, in_chans, *size, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    if mode == 'timm':
+        def loss_fn():
+            return F.cross_entropy(model(images), labels)
+    elif mode == 'nomask':
+        def loss_fn():
+            # the RandSAC network with no serialization and no masks: every query sees every token
+            _, hidden = model.encoder.forward_intermediates(images, output_fmt='NLC')
+            queries = model._queries(model.grid_size, batch_size, hidden[-1])
+            pred = model.decoder(queries, hidden, None, None)
+            target = pixel_target(images, model.patch_size, norm_pix=model.norm_pix)
+            return masked_mse(pred, target, torch.ones(pred.shape[:2], dtype=torch.bool, device=device))
+    else:
+        def loss_fn():
+            return model(images, generator=generator).loss
+    if compile:
+        loss_fn = torch.compile(loss_fn)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step.model = model  # type: ignore[attr-defined]
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device, amp: bool, compile: bool,
+            warmup: int, steps: int, segments: Optional[str]) -> Dict[str, Any]:
+    """Time one configuration in this process."""
+    step = _step_fn(mode, encoder_name, batch_size, device, amp, compile, segments)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    _sync(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _current_rss_bytes()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else _peak_rss_bytes()) - base
+    result = dict(mode=mode, encoder=encoder_name, batch_size=batch_size, step_ms=step_s * 1e3,
+                  images_per_s=batch_size / step_s, flops_per_step=flops, achieved_tflops=flops / step_s / 1e12,
+                  peak_memory_mb=max(peak, 0) / 2**20)
+    if mode == 'randsac':
+        model = step.model  # type: ignore[attr-defined]
+        n = 50
+
+        def masks_only():
+            build_masks(sample_rank(model.segments, batch_size, model.grid_size, generator=torch.Generator(
+                device=device).manual_seed(0), device=device))
+
+        masks_only()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            masks_only()
+        _sync(device)
+        result['masks_ms'] = (time.perf_counter() - t0) / n * 1e3
+        result['segments'] = str(model.segments)
+    return result
+
+
+def _run_isolated(args: argparse.Namespace, mode: str, encoder: str) -> Optional[Dict[str, Any]]:
+    """Each CPU configuration in its own process, so peak-RSS growth belongs to that configuration alone."""
+    cmd = [sys.executable, os.path.abspath(__file__), '--_one', mode, '--encoders', encoder,
+           '--batch-size', str(args.batch_size), '--device', args.device, '--warmup', str(args.warmup),
+           '--steps', str(args.steps)]
+    cmd += ['--amp'] if args.amp else []
+    cmd += ['--compile'] if args.compile else []
+    cmd += ['--segments', args.segments] if args.segments else []
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f'  {mode} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}')
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _available(mode: str, encoder: str) -> bool:
+    return mode != 'mae' or encoder.replace('randsac_', 'mae_pretrain_', 1) in timm.list_models('mae_pretrain*')
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--encoders', nargs='+', default=['randsac_vit_micro_patch4_32', 'randsac_vit_tiny_patch4_32'])
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--amp', action='store_true', help='bf16 autocast')
+    parser.add_argument('--compile', action='store_true', help='torch.compile each step')
+    parser.add_argument('--segments', default=None, help="RandSAC serialization (default: the model's)")
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--json', default=None, help='write the figures here as JSON')
+    parser.add_argument('--_one', default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    if args._one:  # child process: one configuration, JSON on the last line
+        print(json.dumps(measure(args._one, args.encoders[0], args.batch_size, device, args.amp, args.compile,
+                                 args.warmup, args.steps, args.segments)))
+        return {}
+
+    hardware = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+                else f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
+    report: Dict[str, Any] = dict(device=str(device), hardware=hardware, torch=torch.__version__,
+                                  timm=timm.__version__, amp=args.amp, compile=args.compile,
+                                  batch_size=args.batch_size, flops='torch.utils.flop_counter, forward+backward',
+                                  results={})
+    for encoder in args.encoders:
+        rows = {}
+        for mode in MODES:
+            if not _available(mode, encoder):
+                continue
+            if device.type == 'cuda':
+                rows[mode] = measure(mode, encoder, args.batch_size, device, args.amp, args.compile, args.warmup,
+                                     args.steps, args.segments)
+                torch.cuda.empty_cache()
+            else:
+                rows[mode] = _run_isolated(args, mode, encoder)
+        ratios = {}
+        a, b, c = rows.get('timm'), rows.get('randsac'), rows.get('nomask')
+        if b:
+            ratios['mask_share'] = b['masks_ms'] / b['step_ms']
+        if b and c:
+            ratios['masked_over_unmasked'] = b['step_ms'] / c['step_ms']
+            ratios['memory_ratio'] = b['peak_memory_mb'] / max(c['peak_memory_mb'], 1e-9)
+        if a and b:
+            ratios['flops_ratio_vs_timm'] = b['achieved_tflops'] / a['achieved_tflops']
+            ratios['step_time_vs_timm'] = b['step_ms'] / a['step_ms']
+        report['results'][encoder] = dict(rows=rows, **ratios)
+        _print_table(encoder, rows, ratios, hardware)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def _print_table(encoder: str, rows: Dict[str, Any], ratios: Dict[str, float], hardware: str) -> None:
+    print(f'\n{encoder} on {hardware}')
+    print(f'{"step":<9}{"img/s":>10}{"ms/step":>10}{"GFLOP/step":>12}{"TFLOP/s":>10}{"peak MB":>10}')
+    for mode, r in rows.items():
+        if r is None:
+            continue
+        print(f'{mode:<9}{r["images_per_s"]:>10.1f}{r["step_ms"]:>10.1f}{r["flops_per_step"] / 1e9:>12.1f}'
+              f'{r["achieved_tflops"]:>10.3f}{r["peak_memory_mb"]:>10.0f}')
+    for key, value in ratios.items():
+        print(f'  {key:<22} {value:.4f}')
+
+
+if __name__ == '__main__':
+    main()
