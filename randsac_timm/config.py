@@ -33,6 +33,8 @@ class PretrainConfig:
     norm_pix_loss: bool = False  # per-patch normalised target (on in the paper's final recipes)
     skip_connections: bool = True
     loss_first_segment: bool = False  # the first segment reads its own encoding, so it is not scored by default
+    decoder: str = 'skip'  # RandSAC models: 'skip', 'plain' or 'two_stream' (paper Table 8)
+    mask_ratio: float = 0.75  # MAE models (mae_pretrain_*) only; they ignore segments / decoder / skip options
     drop_path: float = 0.0
     # data
     dataset: str = 'fashion_mnist'

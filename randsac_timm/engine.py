@@ -84,25 +84,34 @@ class JsonlLog:
             f.write(json.dumps(record) + '\n')
 
 
+def _objective_kwargs(cfg: PretrainConfig) -> Dict[str, Any]:
+    """The options only one objective takes: MAE (`mae_pretrain_*`) or RandSAC (every other wrapper)."""
+    if cfg.model.startswith('mae_'):
+        return dict(mask_ratio=cfg.mask_ratio)  # segments / decoder / skip options do not apply to MAE
+    kwargs = dict(skip_connections=cfg.skip_connections, loss_first_segment=cfg.loss_first_segment, decoder=cfg.decoder)
+    if cfg.segments:
+        kwargs['segments'] = cfg.segments
+    return kwargs
+
+
 def build_pretrain_model(cfg: PretrainConfig) -> torch.nn.Module:
     """The pretraining wrapper named by `cfg.model`, with the run's objective options."""
     kwargs: Dict[str, Any] = dict(
         img_size=cfg.img_size, in_chans=dataset_in_chans(cfg.dataset), norm_pix=cfg.norm_pix_loss,
-        skip_connections=cfg.skip_connections, loss_first_segment=cfg.loss_first_segment,
-        drop_path_rate=cfg.drop_path,
+        drop_path_rate=cfg.drop_path, **_objective_kwargs(cfg),
     )
-    if cfg.segments:
-        kwargs['segments'] = cfg.segments
     return timm.create_model(cfg.model, **kwargs)
 
 
 def _model_kwargs(model: torch.nn.Module, cfg: PretrainConfig) -> Dict[str, Any]:
     """Factory kwargs that rebuild this exact wrapper (segments resolved to the model's default if unset)."""
-    return dict(
+    kwargs = dict(
         img_size=cfg.img_size, in_chans=model.in_chans, norm_pix=cfg.norm_pix_loss,
-        skip_connections=cfg.skip_connections, loss_first_segment=cfg.loss_first_segment,
-        drop_path_rate=cfg.drop_path, segments=str(model.segments),
+        drop_path_rate=cfg.drop_path, **_objective_kwargs(cfg),
     )
+    if 'mask_ratio' not in kwargs:
+        kwargs['segments'] = str(model.segments)
+    return kwargs
 
 
 def _step_seed(seed: int, rank: int, step: int, micro: int) -> int:
@@ -319,8 +328,11 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
                 elapsed = max(time.time() - window_start, 1e-9)
                 ips = (step - window_first_step) * eff_batch / elapsed
                 cur_lr = optimizer.param_groups[0]['lr']
+                extra = {}
+                if device.type == 'cuda':
+                    extra['peak_memory_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
                 log.write(event='train', step=step, epoch=epoch + batch_in_epoch / batches_per_epoch,
-                          loss=mean_loss, lr=cur_lr, images_per_s=ips, nonfinite_skipped=nonfinite_skipped)
+                          loss=mean_loss, lr=cur_lr, images_per_s=ips, nonfinite_skipped=nonfinite_skipped, **extra)
                 progress.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{cur_lr:.2e}', img_s=f'{ips:.0f}')
                 result.last_loss = mean_loss
                 window_loss, window_count, window_start, window_first_step = 0.0, 0, time.time(), step

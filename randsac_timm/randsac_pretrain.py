@@ -7,6 +7,10 @@ Paper: `Self-supervision through Random Segments with Autoregressive Coding (Ran
 timm's public `forward_intermediates(x, attn_mask=...)` -> decode position queries against the
 memory of earlier segments -> masked MSE on the pixels of the scored tokens.
 
+`decoder=` picks the network (paper Table 8): `'skip'` (default, trainable skips), `'plain'` (every decoder
+layer reads the last block, same as `skip_connections=False`), or `'two_stream'` (XLNet-style query stream
+through the shared encoder blocks, see `two_stream.py`).
+
 Registered as `randsac_pretrain_<encoder>` (e.g. `randsac_pretrain_vit_tiny_patch4_32`), each with the
 paper's decoder for that setting (DESIGN.md section 6).
 """
@@ -23,8 +27,11 @@ from .losses import masked_mse, pixel_target
 from .masks import build_masks
 from .randsac_vit import sincos_pos_embed
 from .segments import SegmentSpec, parse_segments, sample_rank
+from .two_stream import TwoStreamHead, check_two_stream_encoder, content_stream_inputs
 
-__all__ = ['RandSACOutput', 'RandSACPretrain', 'create_randsac_pretrain', 'PRETRAIN_ARGS']
+__all__ = ['RandSACOutput', 'RandSACPretrain', 'create_randsac_pretrain', 'PRETRAIN_ARGS', 'DECODERS']
+
+DECODERS = ('skip', 'plain', 'two_stream')
 
 
 @dataclass
@@ -60,6 +67,9 @@ class RandSACPretrain(nn.Module):
         norm_pix: per-patch normalised pixel target (MAE's norm_pix_loss).
         loss_first_segment: also score the first segment (it reads its own encoding; off by default).
         decoder_drop_path_rate: stochastic depth in the decoder.
+        decoder: `'skip'`, `'plain'` (alias of `skip_connections=False`) or `'two_stream'`. The two-stream
+            variant has no decoder blocks (the query stream runs through the encoder's), so `decoder_*` and
+            `skip_connections` do not apply to it; `self.decoder` is then a `TwoStreamHead`.
     """
 
     def __init__(
@@ -74,8 +84,11 @@ class RandSACPretrain(nn.Module):
             norm_pix: bool = False,
             loss_first_segment: bool = False,
             decoder_drop_path_rate: float = 0.0,
+            decoder: str = 'skip',
     ):
         super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f'decoder={decoder!r} is not one of {", ".join(map(repr, DECODERS))}')
         if getattr(encoder, 'num_prefix_tokens', 0):
             raise ValueError('RandSAC needs an encoder without class/register tokens (class_token=False).')
         self.encoder = encoder
@@ -91,25 +104,33 @@ class RandSACPretrain(nn.Module):
         self.segments.validate(self.grid_size)
         self.norm_pix = norm_pix
         self.loss_first_segment = loss_first_segment
-        self.decoder = RandSACDecoder(
-            encoder_dim=encoder.embed_dim,
-            encoder_depth=len(encoder.blocks),
-            out_dim=self.patch_size[0] * self.patch_size[1] * self.in_chans,
-            embed_dim=decoder_embed_dim,
-            depth=decoder_depth,
-            num_heads=decoder_num_heads,
-            mlp_ratio=decoder_mlp_ratio,
-            skip_connections=skip_connections,
-            drop_path_rate=decoder_drop_path_rate,
-        )
-        # queries are position-only: fixed sin-cos at decoder width, derived, so not saved
+        out_dim = self.patch_size[0] * self.patch_size[1] * self.in_chans
+        # 'plain' and skip_connections=False are the same network; the resolved name is what gets saved
+        self.decoder_kind = 'plain' if decoder == 'plain' or (decoder == 'skip' and not skip_connections) else decoder
+        if self.decoder_kind == 'two_stream':
+            check_two_stream_encoder(encoder)
+            self.decoder = TwoStreamHead(encoder.embed_dim, out_dim)
+        else:
+            self.decoder = RandSACDecoder(
+                encoder_dim=encoder.embed_dim,
+                encoder_depth=len(encoder.blocks),
+                out_dim=out_dim,
+                embed_dim=decoder_embed_dim,
+                depth=decoder_depth,
+                num_heads=decoder_num_heads,
+                mlp_ratio=decoder_mlp_ratio,
+                skip_connections=self.decoder_kind == 'skip',
+                drop_path_rate=decoder_drop_path_rate,
+            )
+        # queries are position-only: fixed sin-cos at decoder (two-stream: encoder) width, derived, so not saved
         self.register_buffer(
-            'decoder_pos_embed', sincos_pos_embed(self.grid_size, decoder_embed_dim), persistent=False)
+            'decoder_pos_embed', sincos_pos_embed(self.grid_size, self.decoder.embed_dim), persistent=False)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
-        # skip weights are mixing coefficients, not a projection: decaying them would pull every skip to 0
-        return {'decoder.memory.skip_weights'}
+        # skip weights are mixing coefficients, not a projection: decaying them would pull every skip to 0;
+        # the two-stream query bias is an embedding, like timm's pos_embed
+        return {'decoder.query_bias'} if self.decoder_kind == 'two_stream' else {'decoder.memory.skip_weights'}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -166,9 +187,12 @@ class RandSACPretrain(nn.Module):
         elif rank.shape != (B, grid_size[0] * grid_size[1]):
             raise ValueError(f'rank must have shape {(B, grid_size[0] * grid_size[1])}, got {tuple(rank.shape)}')
         masks = build_masks(rank, include_first_segment=self.loss_first_segment)
-        _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=masks.causal)
-        queries = self._queries(grid_size, B, hidden[-1])
-        pred = self.decoder(queries, hidden, masks.causal, masks.memory)
+        if self.decoder_kind == 'two_stream':
+            content = content_stream_inputs(self.encoder, images, masks.causal)
+            pred = self.decoder(self._queries(grid_size, B, content[0]), content, self.encoder.blocks, masks.memory)
+        else:
+            _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=masks.causal)
+            pred = self.decoder(self._queries(grid_size, B, hidden[-1]), hidden, masks.causal, masks.memory)
         target = pixel_target(images, self.patch_size, norm_pix=self.norm_pix)
         loss = masked_mse(pred, target, masks.loss)
         return RandSACOutput(loss=loss, pred=pred, target=target, rank=rank, loss_mask=masks.loss)
@@ -195,14 +219,14 @@ PRETRAIN_ARGS: Dict[str, Dict[str, Any]] = {
 
 _WRAPPER_KWARGS = (
     'segments', 'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads', 'decoder_mlp_ratio',
-    'skip_connections', 'norm_pix', 'loss_first_segment', 'decoder_drop_path_rate',
+    'skip_connections', 'norm_pix', 'loss_first_segment', 'decoder_drop_path_rate', 'decoder',
 )
 
 
 def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
     """Build the pretraining wrapper for a registered encoder.
 
-    Wrapper kwargs (`segments`, `skip_connections`, `norm_pix`, `loss_first_segment`, `decoder_*`) configure
+    Wrapper kwargs (`segments`, `decoder`, `skip_connections`, `norm_pix`, `loss_first_segment`, `decoder_*`) configure
     the objective; every other kwarg goes to the encoder (`img_size`, `in_chans`, `drop_path_rate`, ...), so
     an unknown one raises `TypeError` there.
     """

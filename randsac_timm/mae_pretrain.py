@@ -1,0 +1,336 @@
+"""MAE baseline on the RandSAC encoders: 75% random masking, encoder on visible tokens, light decoder.
+
+Paper: `Masked Autoencoders Are Scalable Vision Learners` - https://arxiv.org/abs/2111.06377
+(the baseline RandSAC compares against in Table 9 of https://arxiv.org/abs/2203.12054)
+
+`forward(images)` = `random_masking` (per-sample argsort of noise) -> `forward_encoder` on the visible
+tokens only -> `forward_decoder` (mask tokens + fixed sin-cos positions, timm `Block`s) -> norm-pix MSE on the
+masked tokens. The output has the same contract as `RandSACPretrain` (`RandSACOutput`), with `rank` 0 for
+visible and 1 for masked tokens: a two-segment "order", so the training engine and the reconstruction
+pictures work unchanged.
+
+Running a timm ViT on a subset of its tokens: timm has no public entry point for it (`forward_features` takes
+every token; its `PatchDropout` draws its own random keep-set from the global RNG and does not return it).
+We run the steps of `forward_features` ourselves on the encoder's public submodules (`first_block_input` =
+`patch_embed -> _pos_embed -> patch_drop -> norm_pre`, then gather the visible tokens, then `blocks`, `norm`).
+The alternative that stays on `forward_features(x, attn_mask=...)` (visible tokens attend only to visible
+ones) gives the same features but runs the encoder on all N tokens, losing MAE's 4x saving.
+
+Registered as `mae_pretrain_<encoder>` for every `randsac_vit_<encoder>` (e.g. `mae_pretrain_vit_micro_patch4_32`),
+with the same decoder sizes as that encoder's RandSAC wrapper (`PRETRAIN_ARGS`).
+"""
+from dataclasses import dataclass
+from typing import Any, Optional, Set, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import LayerNorm, trunc_normal_
+from timm.models import VisionTransformer, register_model
+from timm.models.vision_transformer import Block
+from torch.utils.checkpoint import checkpoint
+
+from .losses import masked_mse, pixel_target
+from .randsac_pretrain import PRETRAIN_ARGS, RandSACOutput, RandSACPretrain
+from .randsac_vit import sincos_pos_embed
+from .two_stream import first_block_input
+
+__all__ = ['RandomMasking', 'random_masking', 'MAEDecoder', 'MAEPretrain', 'create_mae_pretrain']
+
+
+@dataclass(frozen=True)
+class RandomMasking:
+    """MAE's masking, standing where RandSAC keeps its `SegmentSpec` (`model.segments`).
+
+    `str()` gives `'mae:<ratio>'` for logs and checkpoints; `validate` mirrors `SegmentSpec.validate`.
+    """
+
+    mask_ratio: float = 0.75
+
+    def num_masked(self, num_tokens: int) -> int:
+        return round(self.mask_ratio * num_tokens)
+
+    def validate(self, grid_size: Tuple[int, int]) -> None:
+        num_tokens = grid_size[0] * grid_size[1]
+        if not 0 < self.num_masked(num_tokens) < num_tokens:
+            raise ValueError(
+                f'mask_ratio={self.mask_ratio} masks {self.num_masked(num_tokens)} of {num_tokens} tokens; '
+                f'it must leave at least one token masked and one visible.')
+
+    def __str__(self) -> str:
+        return f'mae:{self.mask_ratio:g}'
+
+
+def random_masking(
+        batch_size: int,
+        num_tokens: int,
+        num_masked: int,
+        generator: Optional[torch.Generator] = None,
+        device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """Mask exactly `num_masked` random tokens of every sample.
+
+    Returns:
+        (B, N) bool, True = masked.
+    """
+    # MAE's trick: the tokens with the smallest noise are kept; argsort twice turns noise into ranks
+    noise = torch.rand(batch_size, num_tokens, generator=generator, device=device)
+    order = noise.argsort(dim=1).argsort(dim=1)  # (B, N) each token's position in the random order
+    return order >= num_tokens - num_masked
+
+
+def _init_weights(m: nn.Module) -> None:
+    # MAE's decoder init: xavier-uniform linears, zero biases
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def _run_block(blk: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    if grad_checkpointing and torch.is_grad_enabled():
+        return checkpoint(blk, x, use_reentrant=False)
+    return blk(x)
+
+
+class MAEDecoder(nn.Module):
+    """MAE's decoder: embed visible latents, fill mask tokens, add sin-cos positions, timm `Block`s, predict pixels.
+
+    Args:
+        encoder_dim: encoder width.
+        out_dim: pixels per token, `P * P * C`.
+        embed_dim: decoder width.
+        depth: decoder blocks.
+        num_heads: decoder attention heads.
+        mlp_ratio: decoder MLP expansion.
+        drop_path_rate: stochastic depth in the decoder.
+    """
+
+    def __init__(
+            self,
+            encoder_dim: int,
+            out_dim: int,
+            embed_dim: int = 512,
+            depth: int = 8,
+            num_heads: int = 16,
+            mlp_ratio: float = 4.0,
+            drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i]) for i in range(depth)])
+        self.norm = LayerNorm(embed_dim)
+        self.pred = nn.Linear(embed_dim, out_dim)
+        self.grad_checkpointing = False
+        self.apply(_init_weights)
+        trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            latent: (B, N_vis, D_enc) encoder output of the visible tokens (visible first, see `MAEPretrain`).
+            ids_restore: (B, N) for each raster position, its index in `[visible..., masked...]`.
+            pos_embed: (1, N, D_dec) fixed sin-cos positions.
+
+        Returns:
+            (B, N, out_dim) predictions of every token, raster order.
+        """
+        x = self.embed(latent)
+        B, N = ids_restore.shape
+        x = torch.cat([x, self.mask_token.to(x.dtype).expand(B, N - x.shape[1], -1)], dim=1)  # (B, N, D_dec)
+        x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # back to raster order
+        x = x + pos_embed.to(x.dtype)
+        for blk in self.blocks:
+            x = _run_block(blk, x, self.grad_checkpointing)
+        return self.pred(self.norm(x))
+
+
+class MAEPretrain(nn.Module):
+    """MAE objective around a timm `VisionTransformer` without prefix tokens (a RandSAC encoder).
+
+    Args:
+        encoder: the encoder; run on the visible tokens through its public submodules (see module docstring).
+        mask_ratio: fraction of tokens masked per sample (`round(mask_ratio * N)` exactly).
+        decoder_embed_dim: decoder width.
+        decoder_depth: number of decoder blocks.
+        decoder_num_heads: decoder attention heads.
+        decoder_mlp_ratio: decoder MLP expansion.
+        norm_pix: per-patch normalised pixel target (MAE's norm_pix_loss).
+        decoder_drop_path_rate: stochastic depth in the decoder.
+    """
+
+    def __init__(
+            self,
+            encoder: VisionTransformer,
+            mask_ratio: float = 0.75,
+            decoder_embed_dim: int = 512,
+            decoder_depth: int = 8,
+            decoder_num_heads: int = 16,
+            decoder_mlp_ratio: float = 4.0,
+            norm_pix: bool = True,
+            decoder_drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if getattr(encoder, 'num_prefix_tokens', 0):
+            raise ValueError('this MAE baseline needs an encoder without class/register tokens (class_token=False).')
+        if not isinstance(encoder.patch_drop, nn.Identity):
+            raise ValueError('MAE does its own token dropping: create the encoder with patch_drop_rate=0.')
+        self.encoder = encoder
+        # as in RandSACPretrain: the pooled-feature norm and head serve downstream use only
+        for module in (encoder.fc_norm, encoder.head):
+            module.requires_grad_(False)
+        self.pretrained_cfg = getattr(encoder, 'pretrained_cfg', {})
+        self.patch_size: Tuple[int, int] = tuple(encoder.patch_embed.patch_size)
+        self.in_chans = encoder.patch_embed.proj.in_channels
+        self.grid_size: Tuple[int, int] = tuple(encoder.patch_embed.grid_size)
+        self.mask_ratio = mask_ratio
+        self.segments = RandomMasking(mask_ratio)
+        self.segments.validate(self.grid_size)
+        self.norm_pix = norm_pix
+        self.decoder = MAEDecoder(
+            encoder_dim=encoder.embed_dim,
+            out_dim=self.patch_size[0] * self.patch_size[1] * self.in_chans,
+            embed_dim=decoder_embed_dim,
+            depth=decoder_depth,
+            num_heads=decoder_num_heads,
+            mlp_ratio=decoder_mlp_ratio,
+            drop_path_rate=decoder_drop_path_rate,
+        )
+        self.register_buffer(
+            'decoder_pos_embed', sincos_pos_embed(self.grid_size, decoder_embed_dim), persistent=False)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        # an embedding, like timm's pos_embed / cls_token (MAE decays neither)
+        return {'decoder.mask_token'}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)  # read by forward_encoder, which runs the blocks itself
+        self.decoder.grad_checkpointing = enable
+
+    # same input rules as RandSAC (it reads only in_chans, patch_size, encoder): (B, C, H, W) -> grid (h, w)
+    check_images = RandSACPretrain.check_images
+
+    def forward_encoder(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            images: (B, C, H, W).
+            ids_keep: (B, N_vis) raster indices of the visible tokens.
+
+        Returns:
+            (B, N_vis, D_enc) final-norm encoder output of the visible tokens.
+        """
+        x = first_block_input(self.encoder, images)  # (B, N, D_enc); norm_pre is per token, so gathering after is fine
+        x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N_vis, D_enc)
+        for blk in self.encoder.blocks:
+            x = _run_block(blk, x, self.encoder.grad_checkpointing)
+        return self.encoder.norm(x)
+
+    def forward(
+            self,
+            images: torch.Tensor,
+            rank: Optional[torch.Tensor] = None,
+            generator: Optional[torch.Generator] = None,
+    ) -> RandSACOutput:
+        """
+        Args:
+            images: (B, C, H, W) normalised images.
+            rank: optional (B, N) mask in RandSAC's output form, 1 = masked, 0 = visible, with the same number of
+                masked tokens in every sample; sampled (`mask_ratio`) when None.
+            generator: RNG for the mask (the global RNG when None).
+
+        Returns:
+            `RandSACOutput` with `rank` = `loss_mask` as int64 (0 visible, 1 masked).
+        """
+        h, w = self.check_images(images)
+        B, N = images.shape[0], h * w
+        if rank is None:
+            num_masked = self.segments.num_masked(N)
+            if (h, w) != self.grid_size:
+                self.segments.validate((h, w))
+            mask = random_masking(B, N, num_masked, generator=generator, device=images.device)
+        else:
+            if rank.shape != (B, N) or not ((rank == 0) | (rank == 1)).all():
+                raise ValueError(f'rank must be a (B, N) = {(B, N)} mask of 0 (visible) and 1 (masked)')
+            mask = rank.bool()
+            num_masked = int(mask[0].sum())
+            if not (mask.sum(1) == num_masked).all() or num_masked in (0, N):
+                raise ValueError('a given MAE mask must hide the same number of tokens (>0, <N) in every sample')
+        # visible tokens first, each group in raster order; ids_restore undoes this permutation
+        ids_shuffle = mask.to(torch.uint8).argsort(dim=1, stable=True)  # (B, N)
+        ids_restore = ids_shuffle.argsort(dim=1)
+        latent = self.forward_encoder(images, ids_shuffle[:, :N - num_masked])
+        pos = self.decoder_pos_embed
+        if (h, w) != self.grid_size:
+            pos = sincos_pos_embed((h, w), self.decoder.embed_dim, device=images.device)
+        pred = self.decoder(latent, ids_restore, pos)
+        target = pixel_target(images, self.patch_size, norm_pix=self.norm_pix)
+        loss = masked_mse(pred, target, mask)
+        return RandSACOutput(loss=loss, pred=pred, target=target, rank=mask.long(), loss_mask=mask)
+
+
+_WRAPPER_KWARGS = (
+    'mask_ratio', 'norm_pix', 'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads', 'decoder_mlp_ratio',
+    'decoder_drop_path_rate',
+)
+
+
+def create_mae_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    """Build the MAE wrapper for a registered `randsac_vit_*` encoder, with its RandSAC decoder sizes.
+
+    Wrapper kwargs (`mask_ratio`, `norm_pix`, `decoder_*`) configure the objective; every other kwarg goes to the
+    encoder (`img_size`, `in_chans`, `drop_path_rate`, ...), so an unknown one (`segments` included) raises
+    `TypeError` there.
+    """
+    kwargs.pop('pretrained_cfg', None)
+    kwargs.pop('pretrained_cfg_overlay', None)
+    if pretrained:
+        raise ValueError(
+            f'no pretrained weights are published for the MAE wrapper of {encoder_name}: pretrain with '
+            f'train_pretrain.py, or load published encoder weights with timm.create_model("{encoder_name}.<tag>", '
+            f'pretrained=True).')
+    decoder_args = {k: v for k, v in PRETRAIN_ARGS[encoder_name].items() if k.startswith('decoder_')}
+    decoder_args.update({k: kwargs.pop(k) for k in _WRAPPER_KWARGS if k in kwargs})
+    kwargs.setdefault('num_classes', 0)
+    encoder = timm.create_model(encoder_name, **kwargs)
+    return MAEPretrain(encoder, **decoder_args)
+
+
+@register_model
+def mae_pretrain_vit_micro_patch4_32(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    return create_mae_pretrain('randsac_vit_micro_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def mae_pretrain_vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    return create_mae_pretrain('randsac_vit_tiny_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def mae_pretrain_vit_small_patch4_32(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    return create_mae_pretrain('randsac_vit_small_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def mae_pretrain_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    return create_mae_pretrain('randsac_vit_small_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def mae_pretrain_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    return create_mae_pretrain('randsac_vit_base_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def mae_pretrain_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    return create_mae_pretrain('randsac_vit_large_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def mae_pretrain_vit_base(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    return create_mae_pretrain('randsac_vit_base', pretrained, **kwargs)
