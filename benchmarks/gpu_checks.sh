@@ -17,9 +17,9 @@ fi
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
 step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS; timeout "$limit" "$@"; echo "=== $name rc=$? $((SECONDS - t0))s"; }
 
-step bf16-check 90 python3 benchmarks/gpu_bf16_check.py --data-dir "$DATA" --json "$OUT/bf16_check.json"
+step bf16-check 60 python3 benchmarks/gpu_bf16_check.py --data-dir "$DATA" --json "$OUT/bf16_check.json"
 for amp in amp no-amp; do
-  step "tiny-300-$amp" 150 python3 train_pretrain.py --config fmnist_vit_tiny --data-dir "$DATA" --max-steps 300 \
+  step "tiny-300-$amp" 90 python3 train_pretrain.py --config fmnist_vit_tiny --data-dir "$DATA" --max-steps 300 \
     --log-every 25 --vis-every 0 --save-every 0 --no-progress "--$amp" --output-dir "$RUNS/tiny-$amp"
 done
 python3 - "$RUNS" "$OUT/tiny_bf16_vs_fp32.json" <<'PY'
@@ -39,12 +39,12 @@ json.dump(summary, open(out, 'w'), indent=2)
 print(json.dumps({k: v for k, v in summary.items() if k != 'amp' and k != 'no-amp'}),
       {k: (v['images_per_s'], v['peak_memory_mb']) for k, v in summary.items() if isinstance(v, dict)})
 PY
-step throughput 200 python3 benchmarks/throughput.py --device cuda --amp --encoders randsac_vit_base_patch16_224 \
+step throughput 150 python3 benchmarks/throughput.py --device cuda --amp --encoders randsac_vit_base_patch16_224 \
   --batch-size 256 --steps 10 --warmup 3 --json "$OUT/throughput_gpu.json"
-step micro-zoo 150 python3 train_pretrain.py --config fmnist_micro_cpu_bench --device cuda --workers 8 \
+step micro-zoo 120 python3 train_pretrain.py --config fmnist_micro_cpu_bench --device cuda --workers 8 \
   --data-dir "$DATA" --no-progress --vis-every 0 --output-dir "$RUNS/micro"
 cp "$RUNS/micro/encoder.safetensors" "$OUT/micro_encoder.safetensors"; cp "$RUNS/micro/log.jsonl" "$OUT/micro_log.jsonl"
-step tiny-zoo 210 python3 train_pretrain.py --config fmnist_vit_tiny --epochs 40 --data-dir "$DATA" --no-progress \
+step tiny-zoo 180 python3 train_pretrain.py --config fmnist_vit_tiny --epochs 30 --data-dir "$DATA" --no-progress \
   --vis-every 0 --output-dir "$RUNS/tiny"
 cp "$RUNS/tiny/log.jsonl" "$OUT/tiny_log.jsonl"
 # fp16 copy of the ViT-Tiny encoder so it fits the transfer limit (the packaged weights are stored in fp16 too)
