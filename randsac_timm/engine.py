@@ -182,8 +182,10 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
     optimizer = create_optimizer_v2(model, opt='adamw', lr=lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     total_updates = cfg.epochs * updates_per_epoch
+    warmup_updates = min(round(cfg.warmup_epochs * updates_per_epoch), total_updates - 1)
+    # warmup_prefix: the cosine spans the updates after the warm-up, so it reaches min_lr at the last one
     scheduler = CosineLRScheduler(
-        optimizer, t_initial=total_updates, lr_min=cfg.min_lr, warmup_t=round(cfg.warmup_epochs * updates_per_epoch),
+        optimizer, t_initial=total_updates - warmup_updates, lr_min=cfg.min_lr, warmup_t=warmup_updates,
         warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
 
     # resume: an explicit --resume, else the output folder's last checkpoint
@@ -302,6 +304,12 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
             if not last_micro:
                 continue
 
+            if not window_bad:
+                # a finite loss can still give inf/NaN gradients (an overflow in backward); stepping on them
+                # would poison the weights and every checkpoint after, so they count as a non-finite step too
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.grad is not None], cfg.clip_grad or float('inf'))
+                window_bad = not bool(torch.isfinite(grad_norm))
             if window_bad:
                 optimizer.zero_grad(set_to_none=True)
                 nonfinite_skipped += 1
@@ -310,12 +318,10 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
                 if nonfinite_run >= cfg.max_nonfinite:
                     last = os.path.join(out_dir, LAST)
                     raise NonFiniteLossError(
-                        f'{nonfinite_run} non-finite losses in a row (step {step}); stopping. The last good '
-                        f'checkpoint {last if os.path.exists(last) else "(none yet)"} is kept. Lower --blr, '
+                        f'{nonfinite_run} non-finite losses or gradients in a row (step {step}); stopping. The last '
+                        f'good checkpoint {last if os.path.exists(last) else "(none yet)"} is kept. Lower --blr, '
                         f'set --clip-grad, or check the data; raise --max-nonfinite to tolerate more.')
             else:
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 nonfinite_run = 0

@@ -9,21 +9,47 @@ the usual `pos_embed` key. Because the key and shape are timm's own, an exported
 into a plain `vit_*` model with `class_token=False, global_pool='avg'`. When the input size changes
 the table is recomputed for the new grid, never interpolated.
 """
-from typing import Any, Dict, Optional, Tuple, Union
+import json
+import os
+import warnings
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import build_sincos2d_pos_embed, to_2tuple
-from timm.models import VisionTransformer, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    VisionTransformer,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_arch_pretrained_cfgs,
+    list_pretrained,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from timm.models._input import update_model_input_size  # private in 1.0.x; the parent uses it the same way
 
-__all__ = ['RandSACVisionTransformer', 'sincos_pos_embed', 'checkpoint_filter_fn']
+__all__ = [
+    'RandSACVisionTransformer', 'sincos_pos_embed', 'checkpoint_filter_fn', 'HUB_ORG', 'PACKAGED_WEIGHTS_DIR',
+    'hub_repo_id', 'packaged_weight_cfgs', 'register_packaged_weights',
+]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 PAPER_ID = 'arXiv:2203.12054'
+
+# The one naming scheme for published weights: repo `randsac-timm/<encoder>.<tag>`, registered as `<encoder>.<tag>`.
+HUB_ORG = 'randsac-timm'
+# Weights shipped inside the package: `<encoder>.<tag>.safetensors` + `<encoder>.<tag>.json` (hub.py `package`).
+PACKAGED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
+# Tags published on the Hub but not packaged, registered with `hf_hub_id` only: {encoder: (tag, ...)}. None yet.
+PUBLISHED_TAGS: Dict[str, Tuple[str, ...]] = {}
+
+
+def hub_repo_id(encoder_name: str, tag: str) -> str:
+    """The Hub repo of `<encoder_name>.<tag>`, e.g. 'randsac-timm/randsac_vit_micro_patch4_32.fmnist'."""
+    return f'{HUB_ORG}/{encoder_name}.{tag}'
 
 
 def sincos_pos_embed(
@@ -143,7 +169,7 @@ def _cifar_cfg(**kwargs: Any) -> Dict[str, Any]:
     return _cfg(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD, **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
+_BASE_CFGS: Dict[str, Dict[str, Any]] = {
     # CPU-sized encoder, defaults to Fashion-MNIST (1 channel, padded 28 -> 32)
     'randsac_vit_micro_patch4_32': _cfg(
         num_classes=10, input_size=(1, 32, 32), crop_pct=1.0, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD),
@@ -153,10 +179,84 @@ default_cfgs = generate_default_cfgs({
     'randsac_vit_base_patch16_224': _cfg(),
     'randsac_vit_large_patch16_224': _cfg(),
     'randsac_vit_base': _cfg(),
-})
+}
+_DATA_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license')
+
+
+def packaged_weight_cfgs(folder: str) -> Dict[str, Dict[str, Any]]:
+    """Pretrained cfgs of the `<encoder>.<tag>.safetensors` files in `folder` that have their `.json` beside them.
+
+    The cfg's `file` (absolute path) wins over its `hf_hub_id` in timm's order (state_dict > file > hf_hub_id >
+    url), so packaged weights load offline; the hub id documents where the same weights are published.
+
+    Returns:
+        {'<encoder>.<tag>': cfg dict}; empty when the folder does not exist.
+    """
+    cfgs: Dict[str, Dict[str, Any]] = {}
+    if not os.path.isdir(folder):
+        return cfgs
+    for fname in sorted(os.listdir(folder)):
+        name_tag, ext = os.path.splitext(fname)
+        encoder, _, tag = name_tag.partition('.')
+        meta_path = os.path.join(folder, name_tag + '.json')
+        if ext != '.safetensors':
+            continue
+        if not tag or encoder not in _BASE_CFGS or not os.path.isfile(meta_path):
+            warnings.warn(f'{os.path.join(folder, fname)} is not registered: packaged weights are named '
+                          f'<encoder>.<tag>.safetensors with <encoder>.<tag>.json beside them', stacklevel=2)
+            continue
+        with open(meta_path) as f:
+            meta = json.load(f)
+        data = meta.get('config', {}).get('pretrained_cfg', {})
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in _DATA_KEYS}
+        cfgs[name_tag] = dict(
+            _BASE_CFGS[encoder], **data, num_classes=0, file=os.path.join(os.path.abspath(folder), fname),
+            hf_hub_id=meta.get('hf_hub_id') or hub_repo_id(encoder, tag))
+    return cfgs
+
+
+def _published_cfgs() -> Dict[str, Dict[str, Any]]:
+    return {f'{enc}.{tag}': dict(_BASE_CFGS[enc], num_classes=0, hf_hub_id=hub_repo_id(enc, tag))
+            for enc, tags in PUBLISHED_TAGS.items() for tag in tags}
+
+
+def _generate_cfgs(tagged: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    # '.*' keeps the weight-less untagged cfg the default, so a model built without `pretrained` (its head size,
+    # input size) does not change with the weight files installed; `pretrained=True` names its tag explicitly.
+    # (timm makes the first tag with weights the default unless a later key ends in '*', hence tags first)
+    has_tags = {name.partition('.')[0] for name in tagged}
+    return generate_default_cfgs({
+        **tagged, **{(f'{name}.*' if name in has_tags else name): cfg for name, cfg in _BASE_CFGS.items()}})
+
+
+default_cfgs = _generate_cfgs({**_published_cfgs(), **packaged_weight_cfgs(PACKAGED_WEIGHTS_DIR)})
+
+
+def _missing_weights_message(variant: str, tag: Optional[str]) -> str:
+    name = f'{variant}.{tag}' if tag else variant
+    available = [n for n in list_pretrained('randsac_vit*') if '.' in n]
+    wrapper = variant.replace('randsac_', 'randsac_pretrain_', 1)
+    new_tag = tag or '<tag>'
+    return (
+        f'no pretrained weights exist for {name!r}; pretrained tags in this install: '
+        f'{", ".join(available) or "none yet"} (timm.list_pretrained("randsac*")). To make {variant}.{new_tag}: '
+        f'train it with `python train_pretrain.py --model {wrapper} --output-dir OUT ...`, export it with '
+        f'`python -m randsac_timm.hub export OUT/checkpoint-last.pth DIR --tag {new_tag}` (load that with '
+        f'timm.create_model("local-dir:DIR", pretrained=True)), and publish it with `python -m randsac_timm.hub push '
+        f'OUT/checkpoint-last.pth --tag {new_tag}` (repo {hub_repo_id(variant, new_tag)}) or package it with '
+        f'`python -m randsac_timm.hub package ...`; see docs/model_zoo.md. Use pretrained=False for random init.')
 
 
 def _create_randsac_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> RandSACVisionTransformer:
+    if pretrained:
+        # timm itself only says "No pretrained weights exist"; name the tags that do and how to make the missing one
+        asked = kwargs.get('pretrained_cfg')
+        try:
+            cfg = resolve_pretrained_cfg(variant, asked, kwargs.get('pretrained_cfg_overlay'))
+        except RuntimeError as e:  # a tag that is not registered
+            raise RuntimeError(_missing_weights_message(variant, asked)) from e
+        if not (cfg.state_dict or cfg.has_weights):
+            raise RuntimeError(_missing_weights_message(variant, asked if isinstance(asked, str) else cfg.tag))
     out_indices = kwargs.pop('out_indices', 3)
     return build_model_with_cfg(
         RandSACVisionTransformer,
@@ -225,3 +325,24 @@ def randsac_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> Ra
 def randsac_vit_base(pretrained: bool = False, **kwargs: Any) -> RandSACVisionTransformer:
     """Short name for `randsac_vit_base_patch16_224`."""
     return _entry('randsac_vit_base', pretrained, kwargs)
+
+
+def register_packaged_weights(folder: str) -> List[str]:
+    """Register the packaged-style weights in `folder` (see `packaged_weight_cfgs`) as tags, after import.
+
+    The package's own `weights/` folder is registered at import; this adds another folder (tests, a local model
+    zoo) by re-running timm's `register_model` on the affected entrypoints with the extra tags.
+
+    Returns:
+        the registered '<encoder>.<tag>' names.
+    """
+    extra = packaged_weight_cfgs(folder)
+    encoders = sorted({name.partition('.')[0] for name in extra})
+    for encoder in encoders:
+        tagged = {n: c.to_dict(remove_source=False) for n, c in get_arch_pretrained_cfgs(encoder).items() if '.' in n}
+        tagged.update({n: c for n, c in extra.items() if n.startswith(encoder + '.')})
+        default_cfgs[encoder] = _generate_cfgs(tagged)[encoder]
+        with warnings.catch_warnings():  # re-registering on purpose: timm warns about overwriting
+            warnings.simplefilter('ignore')
+            register_model(globals()[encoder])
+    return sorted(extra)

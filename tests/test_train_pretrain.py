@@ -1,5 +1,6 @@
 """train_pretrain.py end to end on real Fashion-MNIST: outputs, exact resume after SIGKILL, DDP, bad input."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -70,6 +71,8 @@ def test_epoch_records_and_lr_follow_warmup_then_cosine(tmp_path):
     assert len(lrs) == 16
     torch.testing.assert_close(torch.tensor(lrs[:5]), torch.tensor([0, 0.25, 0.5, 0.75, 1.0]) * peak)
     assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # cosine decay after warm-up
+    # the lr of the last update is the last cosine point before min_lr (0): one of the 12 post-warm-up updates
+    torch.testing.assert_close(torch.tensor(lrs[-1]), torch.tensor(peak * (1 + math.cos(math.pi * 11 / 12)) / 2))
     epochs = _records(out, 'epoch')
     assert [r['epoch'] for r in epochs] == [0, 1] and all(r['loss'] > 0 for r in epochs)
 
@@ -194,7 +197,7 @@ def test_nan_loss_is_skipped_counted_and_stops_after_a_run(tmp_path, monkeypatch
     # from now on every loss is NaN: it stops after --max-nonfinite in a row and keeps the last good checkpoint
     good = load_checkpoint(os.path.join(out, 'checkpoint-last.pth'))
     poisoned.update(range(calls['n'] + 1, calls['n'] + 100))
-    with pytest.raises(NonFiniteLossError, match='non-finite losses in a row'):
+    with pytest.raises(NonFiniteLossError, match='non-finite losses or gradients in a row'):
         train(parse_pretrain_args(SHORT + ['--max-steps', '20', '--output-dir', out, '--max-nonfinite', '3',
                                            '--vis-every', '0', '--save-every', '0']))
     kept = load_checkpoint(os.path.join(out, 'checkpoint-last.pth'))

@@ -1,0 +1,22 @@
+#!/usr/bin/env python
+"""Linear probe, weighted kNN and raw-pixel baselines of a frozen RandSAC encoder (paper protocol by default).
+
+    python eval_linear.py --checkpoint output/pretrain/checkpoint-last.pth            # paper: 90 epochs of crops
+    python eval_linear.py --checkpoint output/pretrain/encoder.safetensors --fast     # cached features (CPU)
+    python eval_linear.py --model randsac_vit_micro_patch4_32 --fast                  # random-init baseline
+
+Writes `<output-dir>/results.json` and prints a one-line summary; `--help` lists every option.
+"""
+import sys
+
+from randsac_timm.eval_config import parse_linear_args
+from randsac_timm.linear_probe import run_linear_probe
+
+
+def main(argv=None) -> int:
+    run_linear_probe(parse_linear_args(argv))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
