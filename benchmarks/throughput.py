@@ -14,8 +14,9 @@ analytic formula of every matmul / attention op executed: forward + backward; ma
 dense, as the kernels compute it), achieved FLOP/s, the share of (b) spent sampling ranks and building
 masks, and the ratios (b)/(c) step time, FLOP/s of (b) over (a), and peak memory (b)/(c).
 
-Peak memory: CUDA's max_memory_allocated; on CPU the growth of the process's peak resident set during
-the timed steps (each configuration runs in its own subprocess so earlier ones do not mask it).
+Peak memory: CUDA's max_memory_allocated above what is allocated before the timed steps (weights, optimizer
+state, inputs); on CPU the growth of the process's peak resident set from just before the first step (weights and
+inputs exist) to the end (each configuration runs in its own subprocess so earlier ones do not mask it).
 """
 import argparse
 import json
@@ -107,6 +108,9 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
             warmup: int, steps: int, segments: Optional[str]) -> Dict[str, Any]:
     """Time one configuration in this process."""
     step = _step_fn(mode, encoder_name, batch_size, device, amp, compile, segments)
+    # CPU: peak RSS growth from here (model, optimizer and inputs exist; activations, gradients and optimizer
+    # state of the first steps do not yet) to the end of the timed steps
+    rss_before_steps = _current_rss_bytes() if device.type != 'cuda' else 0
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
@@ -117,7 +121,7 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        base = _current_rss_bytes()
+        base = rss_before_steps
     start = time.perf_counter()
     for _ in range(steps):
         step()

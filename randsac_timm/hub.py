@@ -133,7 +133,8 @@ def read_run(
     """Load a pretraining checkpoint's encoder and gather the records its card may state.
 
     Args:
-        checkpoint: a `train_pretrain.py` checkpoint (`checkpoint-last.pth`, ...).
+        checkpoint: a `train_pretrain.py` checkpoint (`checkpoint-last.pth`, ...), or the run's exported
+            `encoder.safetensors` (then its `log.jsonl` supplies the configuration and progress).
         tag: weight tag; default `default_tag(dataset)`.
         log: the run's `log.jsonl`; default the one beside the checkpoint.
 
@@ -141,11 +142,17 @@ def read_run(
         (run record without results, the encoder in eval mode); `export` adds the results once it knows the
         exported file's hash.
     """
-    wrapper, state = load_pretrain_model(checkpoint)
-    encoder_name, encoder_kwargs = state.get('encoder_name'), dict(state.get('encoder_kwargs') or {})
-    if not encoder_name:
-        raise CheckpointError(f'{checkpoint} records no encoder_name; it was written by an older train_pretrain.py')
-    encoder = wrapper.encoder.eval()
+    log_path = log or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'log.jsonl')
+    if checkpoint.endswith('.safetensors'):
+        # a run's exported encoder.safetensors: the weights; its log.jsonl holds the rest of the record
+        encoder, state = _encoder_run_state(checkpoint, log_path)
+        encoder_name, encoder_kwargs = state['encoder_name'], state['encoder_kwargs']
+    else:
+        wrapper, state = load_pretrain_model(checkpoint)
+        encoder_name, encoder_kwargs = state.get('encoder_name'), dict(state.get('encoder_kwargs') or {})
+        if not encoder_name:
+            raise CheckpointError(f'{checkpoint} records no encoder_name; it was written by an older train_pretrain.py')
+        encoder = wrapper.encoder.eval()
     cfg = state.get('config') or {}
     tag = _check_tag(tag or default_tag(str(cfg.get('dataset', 'custom'))))
     architecture, model_args = stock_model_args(encoder_name, encoder_kwargs)
@@ -157,9 +164,31 @@ def read_run(
         checkpoint=os.path.basename(checkpoint), checkpoint_sha256=_sha256(checkpoint),
         state={k: v for k, v in state.items() if k in ('config', 'step', 'epoch', 'wall_time_s', 'world_size',
                                                       'model_name', 'nonfinite_skipped')},
-        log=_read_log(log or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'log.jsonl')),
+        log=_read_log(log_path),
     )
     return run, encoder
+
+
+def _encoder_run_state(path: str, log_path: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """An exported `encoder.safetensors` and the checkpoint-like fields its run's `log.jsonl` records."""
+    from .encoder_loading import load_encoder
+
+    records = _read_log(log_path)
+    starts = [r for r in records if r.get('event') == 'start']
+    ends = [r for r in records if r.get('event') == 'end']
+    if not starts or not ends:
+        raise CheckpointError(
+            f'{path}: exporting an encoder file needs its finished run\'s log.jsonl ({log_path}) for the card; '
+            f'pass --log or export the checkpoint-last.pth instead.')
+    encoder, info = load_encoder(checkpoint=path)
+    with safe_open(path, framework='pt') as f:
+        metadata = f.metadata() or {}
+    state = dict(
+        config=starts[-1].get('config', {}), step=ends[-1].get('step'), epoch=ends[-1].get('epoch'),
+        wall_time_s=ends[-1].get('wall_time_s'), world_size=starts[-1].get('world_size'),
+        model_name=starts[-1].get('model'), nonfinite_skipped=ends[-1].get('nonfinite_skipped'),
+        encoder_name=metadata['encoder_name'], encoder_kwargs=json.loads(metadata.get('encoder_kwargs') or '{}'))
+    return encoder.eval(), state
 
 
 def _plain_vit(run: RunRecord) -> torch.nn.Module:
