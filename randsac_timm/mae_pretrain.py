@@ -22,7 +22,6 @@ with the same decoder sizes as that encoder's RandSAC wrapper (`PRETRAIN_ARGS`).
 from dataclasses import dataclass
 from typing import Any, Optional, Set, Tuple
 
-import timm
 import torch
 import torch.nn as nn
 from timm.layers import LayerNorm, trunc_normal_
@@ -31,7 +30,7 @@ from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
 from .losses import masked_mse, pixel_target
-from .randsac_pretrain import PRETRAIN_ARGS, RandSACOutput, RandSACPretrain
+from .randsac_pretrain import PRETRAIN_ARGS, RandSACOutput, RandSACPretrain, build_wrapper_encoder
 from .randsac_vit import sincos_pos_embed
 from .two_stream import first_block_input
 
@@ -287,17 +286,9 @@ def create_mae_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: A
     encoder (`img_size`, `in_chans`, `drop_path_rate`, ...), so an unknown one (`segments` included) raises
     `TypeError` there.
     """
-    kwargs.pop('pretrained_cfg', None)
-    kwargs.pop('pretrained_cfg_overlay', None)
-    if pretrained:
-        raise ValueError(
-            f'no pretrained weights are published for the MAE wrapper of {encoder_name}: pretrain with '
-            f'train_pretrain.py, or load published encoder weights with timm.create_model("{encoder_name}.<tag>", '
-            f'pretrained=True).')
+    encoder, own = build_wrapper_encoder(encoder_name, pretrained, kwargs, _WRAPPER_KWARGS, 'MAE wrapper')
     decoder_args = {k: v for k, v in PRETRAIN_ARGS[encoder_name].items() if k.startswith('decoder_')}
-    decoder_args.update({k: kwargs.pop(k) for k in _WRAPPER_KWARGS if k in kwargs})
-    kwargs.setdefault('num_classes', 0)
-    encoder = timm.create_model(encoder_name, **kwargs)
+    decoder_args.update(own)
     return MAEPretrain(encoder, **decoder_args)
 
 

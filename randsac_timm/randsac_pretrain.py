@@ -29,7 +29,9 @@ from .randsac_vit import sincos_pos_embed
 from .segments import SegmentSpec, parse_segments, sample_rank
 from .two_stream import TwoStreamHead, check_two_stream_encoder, content_stream_inputs
 
-__all__ = ['RandSACOutput', 'RandSACPretrain', 'create_randsac_pretrain', 'PRETRAIN_ARGS', 'DECODERS']
+__all__ = [
+    'RandSACOutput', 'RandSACPretrain', 'build_wrapper_encoder', 'create_randsac_pretrain', 'PRETRAIN_ARGS', 'DECODERS',
+]
 
 DECODERS = ('skip', 'plain', 'two_stream')
 
@@ -223,6 +225,27 @@ _WRAPPER_KWARGS = (
 )
 
 
+def build_wrapper_encoder(
+        encoder_name: str,
+        pretrained: bool,
+        kwargs: Dict[str, Any],
+        wrapper_keys: Tuple[str, ...],
+        what: str,
+) -> Tuple[VisionTransformer, Dict[str, Any]]:
+    """Split a pretraining factory's kwargs into the wrapper's own (`wrapper_keys`) and the encoder's, and build
+    the headless encoder from the rest (an unknown kwarg raises `TypeError` there). Shared by every objective."""
+    kwargs.pop('pretrained_cfg', None)
+    kwargs.pop('pretrained_cfg_overlay', None)
+    if pretrained:
+        raise ValueError(
+            f'no pretrained weights are published for the {what} of {encoder_name}: pretrain with '
+            f'train_pretrain.py, or load published encoder weights with timm.create_model("{encoder_name}.<tag>", '
+            f'pretrained=True).')
+    own = {k: kwargs.pop(k) for k in wrapper_keys if k in kwargs}
+    kwargs.setdefault('num_classes', 0)
+    return timm.create_model(encoder_name, **kwargs), own
+
+
 def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
     """Build the pretraining wrapper for a registered encoder.
 
@@ -230,17 +253,8 @@ def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwarg
     the objective; every other kwarg goes to the encoder (`img_size`, `in_chans`, `drop_path_rate`, ...), so
     an unknown one raises `TypeError` there.
     """
-    kwargs.pop('pretrained_cfg', None)
-    kwargs.pop('pretrained_cfg_overlay', None)
-    if pretrained:
-        raise ValueError(
-            f'no pretrained weights are published for the pretraining wrapper of {encoder_name}: pretrain with '
-            f'train_pretrain.py, or load published encoder weights with timm.create_model("{encoder_name}.<tag>", '
-            f'pretrained=True).')
-    wrapper_args = dict(PRETRAIN_ARGS[encoder_name])
-    wrapper_args.update({k: kwargs.pop(k) for k in _WRAPPER_KWARGS if k in kwargs})
-    kwargs.setdefault('num_classes', 0)
-    encoder = timm.create_model(encoder_name, **kwargs)
+    encoder, own = build_wrapper_encoder(encoder_name, pretrained, kwargs, _WRAPPER_KWARGS, 'pretraining wrapper')
+    wrapper_args = dict(PRETRAIN_ARGS[encoder_name], **own)
     return RandSACPretrain(encoder, **wrapper_args)
 
 
