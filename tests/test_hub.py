@@ -27,6 +27,7 @@ from randsac_timm.randsac_vit import hub_repo_id, packaged_weight_cfgs, register
 
 ENCODER = 'randsac_vit_micro_patch4_32'
 REPO = hub_repo_id(ENCODER, 'fmnist')
+TEST_TAG = 'unittest'
 RESULTS = dict(top1=84.37, knn_top1=81.25, pixel_linear_top1=78.5, pixel_knn_top1=None,
                protocol=dict(name='linear_probe', mode='fast', feature='mean of last-block tokens'),
                dataset=dict(name='fashion_mnist', train_samples=128, eval_samples=64), wall_time_s=12.5,
@@ -138,36 +139,39 @@ def restore_registry():
 
 def test_packaged_weights_register_a_tag_that_loads_from_its_file_offline(run, tmp_path, monkeypatch,
                                                                           restore_registry):
-    weights, meta_path = package(run['checkpoint'], results=[run['results']], out_dir=str(tmp_path / 'weights'))
-    assert os.path.basename(weights) == f'{ENCODER}.fmnist.safetensors'
+    # a tag of its own: the package ships real `.fmnist` weights, which must not hide what this test proves
+    weights, meta_path = package(run['checkpoint'], tag=TEST_TAG, results=[run['results']],
+                                 out_dir=str(tmp_path / 'weights'))
+    assert os.path.basename(weights) == f'{ENCODER}.{TEST_TAG}.safetensors'
     meta = json.loads(open(meta_path).read())
-    assert meta['hf_hub_id'] == REPO and meta['sha256'] == _sha(weights)
+    assert meta['hf_hub_id'] == hub_repo_id(ENCODER, TEST_TAG) and meta['sha256'] == _sha(weights)
     assert meta['evaluations'][0]['top1'] == RESULTS['top1']
     assert meta['evaluations'][0]['command'] == RESULTS['command']
-    assert f'{ENCODER}.fmnist' not in timm.list_pretrained('randsac*')
-    assert register_packaged_weights(str(tmp_path / 'weights')) == [f'{ENCODER}.fmnist']
-    assert f'{ENCODER}.fmnist' in timm.list_pretrained('randsac*')
+    assert f'{ENCODER}.{TEST_TAG}' not in timm.list_pretrained('randsac*')
+    assert register_packaged_weights(str(tmp_path / 'weights')) == [f'{ENCODER}.{TEST_TAG}']
+    assert f'{ENCODER}.{TEST_TAG}' in timm.list_pretrained('randsac*')
 
     def no_hub(*args, **kwargs):
         raise AssertionError('packaged weights must not touch the Hub')
     monkeypatch.setattr(timm.models._builder, 'load_state_dict_from_hf', no_hub)
-    model = timm.create_model(f'{ENCODER}.fmnist', pretrained=True).eval()
-    assert model.pretrained_cfg['file'] == os.path.abspath(weights) and model.pretrained_cfg['hf_hub_id'] == REPO
+    model = timm.create_model(f'{ENCODER}.{TEST_TAG}', pretrained=True).eval()
+    assert model.pretrained_cfg['file'] == os.path.abspath(weights)
+    assert model.pretrained_cfg['hf_hub_id'] == hub_repo_id(ENCODER, TEST_TAG)
     assert model.num_classes == 0 and model.pretrained_cfg['input_size'] == (1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(run['x']), run['ref'])
     # the untagged name keeps its weight-less default: same head without pretrained, a clear error with it
     assert timm.create_model(ENCODER).num_classes == 10
-    with pytest.raises(RuntimeError, match=rf'{ENCODER}\.fmnist'):
+    with pytest.raises(RuntimeError, match=rf'{ENCODER}\.{TEST_TAG}'):
         timm.create_model(ENCODER, pretrained=True)
 
 
 def test_packaged_tag_is_absent_without_its_files(tmp_path):
     assert packaged_weight_cfgs(str(tmp_path / 'missing')) == {}
-    (tmp_path / f'{ENCODER}.fmnist.safetensors').write_bytes(b'')  # no .json beside it
+    (tmp_path / f'{ENCODER}.{TEST_TAG}.safetensors').write_bytes(b'')  # no .json beside it
     with pytest.warns(UserWarning, match='not registered'):
         assert packaged_weight_cfgs(str(tmp_path)) == {}
-    assert f'{ENCODER}.fmnist' not in timm.list_pretrained('randsac*')
+    assert f'{ENCODER}.{TEST_TAG}' not in timm.list_pretrained('randsac*')
 
 
 def _card_metric_cells(card: str):
