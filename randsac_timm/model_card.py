@@ -184,10 +184,15 @@ def _hardware_section(run: RunRecord) -> str:
 
 def _protocol(results: Dict[str, Any]) -> str:
     protocol = results.get('protocol')
+    hyper = results.get('hyperparameters') if isinstance(results.get('hyperparameters'), dict) else {}
+    # the schedule length belongs next to the number: a 2-epoch fine-tune is not the paper's 100
+    details = [str(protocol['mode'])] if isinstance(protocol, dict) and protocol.get('mode') else []
+    details += [f'{hyper["epochs"]} epochs'] if hyper.get('epochs') else []
     if isinstance(protocol, dict):
         name = str(protocol.get('name', 'evaluation')).replace('_', ' ')
-        return f'{name} ({protocol["mode"]})' if protocol.get('mode') else name
-    return str(protocol or 'evaluation')
+    else:
+        name = str(protocol or 'evaluation')
+    return f'{name} ({", ".join(details)})' if details else name
 
 
 def _dataset(results: Dict[str, Any]) -> str:
