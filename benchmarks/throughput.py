@@ -51,21 +51,23 @@ def _peak_rss_bytes() -> int:
 
 
 def _step_fn(mode: str, encoder_name: str, batch_size: int, device: torch.device, amp: bool, compile: bool,
-             segments: Optional[str]) -> Callable[[], None]:
+             segments: Optional[str], img_size: Optional[int] = None) -> Callable[[], None]:
     """Build the model of `mode` and return a closure running one full training step."""
     torch.manual_seed(0)
     pretrain_name = encoder_name.replace('randsac_', 'randsac_pretrain_', 1)
     kwargs = {'segments': segments} if segments and mode == 'randsac' else {}
+    if img_size:
+        kwargs['img_size'] = img_size
     if mode == 'timm':
-        model = timm.create_model(encoder_name, num_classes=10)
+        model = timm.create_model(encoder_name, num_classes=10, **kwargs)
     elif mode == 'mae':
-        model = timm.create_model(encoder_name.replace('randsac_', 'mae_pretrain_', 1))
+        model = timm.create_model(encoder_name.replace('randsac_', 'mae_pretrain_', 1), **kwargs)
     else:
         model = timm.create_model(pretrain_name, **kwargs)
     model = model.to(device).train()
     cfg = model.pretrained_cfg
     in_chans = cfg['input_size'][0]
-    size = tuple(cfg['input_size'][1:])
+    size = (img_size, img_size) if img_size else tuple(cfg['input_size'][1:])
     images = torch.randn(batch_size, in_chans, *size, device=device)
     labels = torch.randint(0, 10, (batch_size,), device=device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -105,9 +107,9 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device, amp: bool, compile: bool,
-            warmup: int, steps: int, segments: Optional[str]) -> Dict[str, Any]:
+            warmup: int, steps: int, segments: Optional[str], img_size: Optional[int] = None) -> Dict[str, Any]:
     """Time one configuration in this process."""
-    step = _step_fn(mode, encoder_name, batch_size, device, amp, compile, segments)
+    step = _step_fn(mode, encoder_name, batch_size, device, amp, compile, segments, img_size)
     # CPU: peak RSS growth from here (model, optimizer and inputs exist; activations, gradients and optimizer
     # state of the first steps do not yet) to the end of the timed steps
     rss_before_steps = _current_rss_bytes() if device.type != 'cuda' else 0
@@ -128,11 +130,12 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
     _sync(device)
     step_s = (time.perf_counter() - start) / steps
     peak = (torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else _peak_rss_bytes()) - base
-    result = dict(mode=mode, encoder=encoder_name, batch_size=batch_size, step_ms=step_s * 1e3,
+    model = step.model  # type: ignore[attr-defined]
+    grid = tuple(model.grid_size) if hasattr(model, 'grid_size') else tuple(model.patch_embed.grid_size)
+    result = dict(mode=mode, encoder=encoder_name, batch_size=batch_size, grid=list(grid), step_ms=step_s * 1e3,
                   images_per_s=batch_size / step_s, flops_per_step=flops, achieved_tflops=flops / step_s / 1e12,
                   peak_memory_mb=max(peak, 0) / 2**20)
     if mode == 'randsac':
-        model = step.model  # type: ignore[attr-defined]
         n = 50
 
         def masks_only():
@@ -158,6 +161,7 @@ def _run_isolated(args: argparse.Namespace, mode: str, encoder: str) -> Optional
     cmd += ['--amp'] if args.amp else []
     cmd += ['--compile'] if args.compile else []
     cmd += ['--segments', args.segments] if args.segments else []
+    cmd += ['--img-size', str(args.img_size)] if args.img_size else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f'  {mode} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}')
@@ -177,6 +181,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--amp', action='store_true', help='bf16 autocast')
     parser.add_argument('--compile', action='store_true', help='torch.compile each step')
     parser.add_argument('--segments', default=None, help="RandSAC serialization (default: the model's)")
+    parser.add_argument('--img-size', type=int, default=None,
+                        help='input size for every model (grid = img-size / patch), e.g. 56 -> 14x14 with patch 4')
+    parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--json', default=None, help='write the figures here as JSON')
@@ -186,23 +193,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     if args._one:  # child process: one configuration, JSON on the last line
         print(json.dumps(measure(args._one, args.encoders[0], args.batch_size, device, args.amp, args.compile,
-                                 args.warmup, args.steps, args.segments)))
+                                 args.warmup, args.steps, args.segments, args.img_size)))
         return {}
 
     hardware = (torch.cuda.get_device_name(device) if device.type == 'cuda'
                 else f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
     report: Dict[str, Any] = dict(device=str(device), hardware=hardware, torch=torch.__version__,
-                                  timm=timm.__version__, amp=args.amp, compile=args.compile,
+                                  timm=timm.__version__, amp=args.amp, compile=args.compile, img_size=args.img_size,
                                   batch_size=args.batch_size, flops='torch.utils.flop_counter, forward+backward',
                                   results={})
     for encoder in args.encoders:
         rows = {}
-        for mode in MODES:
+        for mode in args.modes:
             if not _available(mode, encoder):
                 continue
             if device.type == 'cuda':
                 rows[mode] = measure(mode, encoder, args.batch_size, device, args.amp, args.compile, args.warmup,
-                                     args.steps, args.segments)
+                                     args.steps, args.segments, args.img_size)
                 torch.cuda.empty_cache()
             else:
                 rows[mode] = _run_isolated(args, mode, encoder)
@@ -226,7 +233,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 def _print_table(encoder: str, rows: Dict[str, Any], ratios: Dict[str, float], hardware: str) -> None:
-    print(f'\n{encoder} on {hardware}')
+    grid = next((r['grid'] for r in rows.values() if r), None)
+    print(f'\n{encoder}, grid {grid[0]}x{grid[1]}, on {hardware}' if grid else f'\n{encoder} on {hardware}')
     print(f'{"step":<9}{"img/s":>10}{"ms/step":>10}{"GFLOP/step":>12}{"TFLOP/s":>10}{"peak MB":>10}')
     for mode, r in rows.items():
         if r is None:
