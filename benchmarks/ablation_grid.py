@@ -15,7 +15,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -101,6 +103,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--rows', nargs='*', default=None, help='only these row names')
     parser.add_argument('--tag', default=None, help='results name (default ablation_quick / ablation_full)')
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     quick = args.quick
     args.seeds = args.seeds or (1 if quick else 2)
     args.train_samples = args.train_samples or (8000 if quick else 20000)
@@ -182,7 +185,7 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         f'Fashion-MNIST (28 -> 32, 8x8 grid), `{ENCODER}`, {args.train_samples} pretraining images x '
         f'{args.epochs} epoch(s), batch {args.batch_size}, blr {args.blr}; fast linear probe ({args.probe_epochs} '
         f'epochs, LARS) and weighted kNN on the official 10k test split; {hardware}. '
-        f'Command: `python benchmarks/ablation_grid.py {"--quick" if args.quick else ""}`.',
+        f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in args.argv)}`.',
         '',
         '| row | linear top-1 | kNN top-1 | seeds | pretrain img/s | pretrain wall-clock (s) | paper CIFAR-10 LIN |',
         '|---|---|---|---|---|---|---|',

@@ -3,7 +3,12 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
-from test_randsac_pretrain import _check_segment_causality, _token_grad, _wrapper
+from test_randsac_pretrain import (
+    _assert_checkpointing_changes_nothing,
+    _check_segment_causality,
+    _token_grad,
+    _wrapper,
+)
 from test_train_pretrain import SHORT
 
 import randsac_timm  # noqa: F401  (registers the models)
@@ -101,17 +106,7 @@ def test_mae_predictions_have_zero_gradient_wrt_masked_pixels(fmnist_batch):
 def test_mae_every_trainable_parameter_gets_gradient_and_checkpointing_changes_nothing(fmnist_batch):
     model = _mae()
     rank = (torch.rand(4, 64, generator=torch.Generator().manual_seed(2)).argsort(1) >= 16).long()
-    ref = model(fmnist_batch[:4], rank=rank)
-    ref.loss.backward()
-    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    model.set_grad_checkpointing(True)
-    out = model(fmnist_batch[:4], rank=rank)
-    assert torch.equal(out.pred, ref.pred)
-    out.loss.backward()
-    for name, grad in ref_grads.items():
-        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, msg=name)
+    _assert_checkpointing_changes_nothing(model, fmnist_batch[:4], rank)
     assert model.no_weight_decay() <= {n for n, _ in model.named_parameters()}
 
 
@@ -160,7 +155,7 @@ def test_mae_reconstruction_picture(fmnist_batch):
 def test_two_stream_prediction_has_zero_gradient_wrt_own_and_later_segments(spec, fmnist_batch):
     model = _wrapper(spec, decoder='two_stream').eval()
     rank = sample_rank(spec, 2, (8, 8), generator=torch.Generator().manual_seed(3))
-    _check_segment_causality(model, fmnist_batch[:2], rank)
+    assert _check_segment_causality(model, fmnist_batch[:2], rank) >= 3
 
 
 @pytest.mark.parametrize('spec', TWO_STREAM_STRATEGIES)
@@ -180,19 +175,9 @@ def test_two_stream_perturbing_later_segments_leaves_earlier_predictions_bit_ide
 def test_two_stream_every_trainable_parameter_gets_gradient_and_checkpointing_changes_nothing(fmnist_batch):
     model = _wrapper('blob:11-5', decoder='two_stream')
     rank = sample_rank('blob:11-5', 4, (8, 8), generator=torch.Generator().manual_seed(0))
-    ref = model(fmnist_batch[:4], rank=rank)
-    ref.loss.backward()
-    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    _assert_checkpointing_changes_nothing(model, fmnist_batch[:4], rank)
     assert model.decoder.query_bias.grad.abs().sum() > 0
-    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    model.set_grad_checkpointing(True)
-    out = model(fmnist_batch[:4], rank=rank)
-    assert torch.equal(out.pred, ref.pred)
-    out.loss.backward()
-    for name, grad in ref_grads.items():
-        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, msg=name)
-    _check_segment_causality(model, fmnist_batch[:2], rank[:2])
+    assert _check_segment_causality(model, fmnist_batch[:2], rank[:2]) >= 3
 
 
 def test_two_stream_shares_the_encoder_and_selects_by_kwarg():
