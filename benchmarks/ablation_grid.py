@@ -101,6 +101,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--workers', type=int, default=1)
     parser.add_argument('--data-dir', default=None)
     parser.add_argument('--rows', nargs='*', default=None, help='only these row names')
+    parser.add_argument('--all-rows', action='store_true', help='every row, also with --quick (its small budget)')
     parser.add_argument('--tag', default=None, help='results name (default ablation_quick / ablation_full)')
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,7 +118,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     work = os.path.join('output', 'ablation', tag)
     os.makedirs(rows_dir, exist_ok=True)
     # --rows picks rows by name (also beyond the quick set); otherwise --quick runs QUICK_ROWS
-    selected = [r for r in ROWS if (r['name'] in args.rows if args.rows else (not quick or r['name'] in QUICK_ROWS))]
+    selected = [r for r in ROWS if (r['name'] in args.rows if args.rows else
+                                    (args.all_rows or not quick or r['name'] in QUICK_ROWS))]
     unknown = set(args.rows or ()) - {r['name'] for r in ROWS}
     if unknown:
         raise SystemExit(f'unknown rows {sorted(unknown)}; rows: {[r["name"] for r in ROWS]}')
@@ -141,6 +143,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                 max_steps = None
                 if row.get('equal_time'):
                     mae_row = os.path.join(rows_dir, f'{_slug("MAE 75%")}-seed{seed}.json')
+                    randsac_row = os.path.join(rows_dir, f'{_slug("blob 11->5 (skips)")}-seed{seed}.json')
+                    if randsac_time is None and os.path.exists(randsac_row):  # finished in an earlier invocation
+                        with open(randsac_row) as f:
+                            randsac_time = json.load(f).get('pretrain_wall_s')
                     if randsac_time is None or not os.path.exists(mae_row):
                         print('  skipped: needs the RandSAC blob 11->5 and MAE rows first')
                         continue
