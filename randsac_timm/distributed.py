@@ -1,4 +1,5 @@
-"""Process-group set-up for torchrun: NCCL on GPUs, gloo on CPU; one primary process logs and saves."""
+"""Devices and process groups for torchrun: NCCL on GPUs, gloo on CPU; one primary process logs and saves."""
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -6,7 +7,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistContext', 'init_distributed', 'resolve_device']
+__all__ = ['DistContext', 'bf16_autocast', 'init_distributed', 'resolve_device']
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
@@ -21,6 +22,11 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
             dev = torch.device('cuda', local_rank)
         torch.cuda.set_device(dev)
     return dev
+
+
+def bf16_autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on `device` when `enabled` (the `--amp` flag of every script), else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 @dataclass

@@ -43,7 +43,7 @@ from .data import (
     dataset_stats,
     set_loader_epoch,
 )
-from .distributed import DistContext, init_distributed
+from .distributed import DistContext, bf16_autocast, init_distributed
 from .task import PretrainTask
 
 __all__ = ['train', 'TrainResult', 'NonFiniteLossError', 'build_pretrain_model']
@@ -116,12 +116,6 @@ def _model_kwargs(model: torch.nn.Module, cfg: PretrainConfig) -> Dict[str, Any]
 
 def _step_seed(seed: int, rank: int, step: int, micro: int) -> int:
     return hash((seed, rank, step, micro)) % 2**63
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _vis_images(cfg: PretrainConfig, mean, std) -> Optional[torch.Tensor]:
@@ -289,7 +283,7 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
             last_micro = micro == cfg.accum_iter - 1
             sync = contextlib.nullcontext() if last_micro or not ctx.distributed else task.no_sync()
             with sync:
-                with _autocast(device, use_amp):
+                with bf16_autocast(device, use_amp):
                     loss = task(images)['loss']
                 bad = ctx.any(not bool(torch.isfinite(loss)))
                 if bad:

@@ -6,7 +6,6 @@ RandAugment + random erasing; `Mixup` makes soft targets for `SoftTargetCrossEnt
 forward + loss; `ModelEmaV3` keeps the optional EMA. The loop itself mirrors `engine.py`: per-step schedule,
 torchrun data parallel through `distributed.init_distributed`, bf16 autocast with `--amp` on CUDA.
 """
-import contextlib
 import json
 import math
 import os
@@ -40,7 +39,7 @@ from .data import (
     dataset_stats,
     set_loader_epoch,
 )
-from .distributed import DistContext, init_distributed
+from .distributed import DistContext, bf16_autocast, init_distributed
 from .encoder_loading import load_encoder
 from .eval_config import FinetuneConfig
 from .linear_probe import topk_accuracy
@@ -126,10 +125,6 @@ def build_criterion(num_classes: int, mixup: float, cutmix: float, smoothing: fl
     return None, nn.CrossEntropyLoss()
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader, device: torch.device, num_classes: int,
                         amp: bool = False) -> Dict[str, Optional[float]]:
@@ -138,7 +133,7 @@ def evaluate_classifier(model: nn.Module, loader, device: torch.device, num_clas
     model.eval()
     scores, labels = [], []
     for images, target in loader:
-        with _autocast(device, amp):
+        with bf16_autocast(device, amp):
             scores.append(model(images.to(device)).float())
         labels.append(torch.as_tensor(target).to(device))
     model.train(was_training)
@@ -220,7 +215,7 @@ def _run(cfg: FinetuneConfig, ctx: DistContext, start: float) -> Dict[str, Any]:
             images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
             if mixup is not None:
                 images, target = mixup(images, target)
-            with _autocast(device, cfg.amp):
+            with bf16_autocast(device, cfg.amp):
                 loss = task(images, target)['loss']
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f'non-finite loss {loss.item()} at step {step}; lower --blr or set '

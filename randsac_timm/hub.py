@@ -11,7 +11,6 @@ randsac-timm imported, `create_model('<encoder>.<tag>', pretrained=True)` loads 
 `HUB_ORG/<encoder>.<tag>` (`randsac_vit.hub_repo_id`). docs/model_zoo.md describes the whole workflow.
 """
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from timm.models import get_arch_name, resolve_pretrained_cfg
 from timm.models._hub import save_config_for_hf  # no public alias in 1.0.x; timm's own config.json writer
 
 from .checkpoint import CheckpointError, atomic_write, export_encoder, load_pretrain_model
+from .encoder_loading import load_encoder, sha256_file
 from .model_card import RunRecord, render_card
 from .randsac_vit import HUB_ORG, PACKAGED_WEIGHTS_DIR, hub_repo_id
 from .results import RESULT_KEYS
@@ -51,14 +51,6 @@ STOCK_ARCHITECTURES = {
     'randsac_vit_large_patch16_224': 'vit_large_patch16_224',
 }
 _TAG_ALIASES = {'fashion_mnist': 'fmnist'}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_text(path: str, text: str) -> None:
@@ -161,7 +153,7 @@ def read_run(
         name=f'{encoder_name}.{tag}', repo_id=hub_repo_id(encoder_name, tag), encoder_name=encoder_name,
         encoder_kwargs=encoder_kwargs, architecture=architecture, model_args=model_args,
         pretrained_cfg=dict(data_cfg, num_classes=0), num_params=sum(p.numel() for p in encoder.state_dict().values()),
-        checkpoint=os.path.basename(checkpoint), checkpoint_sha256=_sha256(checkpoint),
+        checkpoint=os.path.basename(checkpoint), checkpoint_sha256=sha256_file(checkpoint),
         state={k: v for k, v in state.items() if k in ('config', 'step', 'epoch', 'wall_time_s', 'world_size',
                                                       'model_name', 'nonfinite_skipped')},
         log=_read_log(log_path),
@@ -171,8 +163,6 @@ def read_run(
 
 def _encoder_run_state(path: str, log_path: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """An exported `encoder.safetensors` and the checkpoint-like fields its run's `log.jsonl` records."""
-    from .encoder_loading import load_encoder
-
     records = _read_log(log_path)
     starts = [r for r in records if r.get('event') == 'start']
     ends = [r for r in records if r.get('event') == 'end']
@@ -237,10 +227,10 @@ def export(
     atomic_write(os.path.join(out_dir, 'config.json'),
                  lambda tmp: save_config_for_hf(plain, tmp, model_args=run.model_args))
 
-    known = [run.checkpoint_sha256, _sha256(weights)]
+    known = [run.checkpoint_sha256, sha256_file(weights)]
     sibling = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'encoder.safetensors')
     if os.path.isfile(sibling):
-        known.append(_sha256(sibling))
+        known.append(sha256_file(sibling))
     run.results = [(os.path.basename(p), _read_results(p, known)) for p in results]
     card = render_card(run)
     _write_text(os.path.join(out_dir, 'README.md'), card)
@@ -449,7 +439,7 @@ def package(
         with open(os.path.join(tmp, 'config.json')) as f:
             config = json.load(f)
     meta = dict(
-        format=PACKAGED_FORMAT, name=run.name, hf_hub_id=run.repo_id, sha256=_sha256(weights), config=config,
+        format=PACKAGED_FORMAT, name=run.name, hf_hub_id=run.repo_id, sha256=sha256_file(weights), config=config,
         pretraining=dict(checkpoint=run.checkpoint, checkpoint_sha256=run.checkpoint_sha256, **run.state,
                          log=[r for r in run.log if r.get('event') in ('start', 'end', 'resume')]),
         evaluations=[dict(file=name, **r) for name, r in run.results],

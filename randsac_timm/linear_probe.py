@@ -8,7 +8,6 @@ Two modes share one head-training loop:
     paper (default)  each epoch draws fresh crops (RandomResizedCrop + flip) through the frozen encoder;
     fast (`--fast`)   features of the un-augmented images are extracted once and the head trains on the cache.
 """
-import contextlib
 import logging
 import math
 import time
@@ -32,7 +31,7 @@ from .data import (
     dataset_stats,
     set_loader_epoch,
 )
-from .distributed import resolve_device
+from .distributed import bf16_autocast, resolve_device
 from .encoder_loading import load_encoder
 from .eval_config import LinearProbeConfig
 from .lars import Lars
@@ -79,15 +78,11 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).float()
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def _apply(extractors: Dict[str, FeatureFn], images: torch.Tensor, device: torch.device,
            amp: bool) -> Dict[str, torch.Tensor]:
     images = images.to(device, non_blocking=True)
-    with _autocast(device, amp):
+    with bf16_autocast(device, amp):
         return {name: fn(images).float() for name, fn in extractors.items()}
 
 
