@@ -34,6 +34,10 @@ class PretrainConfig:
     skip_connections: bool = True
     loss_first_segment: bool = False  # the first segment reads its own encoding, so it is not scored by default
     decoder: str = 'skip'  # RandSAC models: 'skip', 'plain' or 'two_stream' (paper Table 8)
+    # RandSAC models: 'dense' (raster order, full masks), 'sparse' (rank-sorted, last segment dropped, block-sparse
+    # SDPA) or 'flex' (same layout, FlexAttention; CUDA); same loss and gradients (randsac_timm/attention.py)
+    attn_impl: str = 'dense'
+    attn_block_size: Optional[int] = None  # query block of 'sparse' / 'flex' (default 32 / 128)
     mask_ratio: float = 0.75  # MAE models (mae_pretrain_*) only; they ignore segments / decoder / skip options
     drop_path: float = 0.0
     # data

@@ -12,13 +12,15 @@ Decisions (DESIGN.md leaves them open):
 - `W` starts uniform, `1 / L_enc` everywhere, so every level (and its norm) gets a gradient from step 0;
   with skips off every layer reads the last encoder block only (the plain masked transformer).
 """
-from typing import List, Optional
+from typing import List, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Attention, DropPath, LayerNorm, Mlp
 from torch.utils.checkpoint import checkpoint
+
+from .attention import AttendFn, attention_forward
 
 __all__ = ['CrossAttention', 'DecoderBlock', 'SkipMemory', 'RandSACDecoder']
 
@@ -36,11 +38,16 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: Union[AttendFn, torch.Tensor, None] = None,
+                ) -> torch.Tensor:
+        """`attn_mask`: (B, 1, N, M) bool (True = may attend), None, or a rank-sorted kernel (`attention.py`)."""
         B, N, D = x.shape
         q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
         k, v = self.kv(memory).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, h, M, hd)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if callable(attn_mask):
+            x = attn_mask(q, k, v)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -61,10 +68,10 @@ class DecoderBlock(nn.Module):
             self,
             x: torch.Tensor,
             memory: torch.Tensor,
-            self_mask: Optional[torch.Tensor],
-            memory_mask: Optional[torch.Tensor],
+            self_mask: Union[AttendFn, torch.Tensor, None],
+            memory_mask: Union[AttendFn, torch.Tensor, None],
     ) -> torch.Tensor:
-        x = x + self.drop_path(self.self_attn(self.norm1(x), attn_mask=self_mask))
+        x = x + self.drop_path(attention_forward(self.self_attn, self.norm1(x), self_mask))
         x = x + self.drop_path(self.cross_attn(self.norm2(x), memory, attn_mask=memory_mask))
         return x + self.drop_path(self.mlp(self.norm3(x)))
 
@@ -126,15 +133,15 @@ class RandSACDecoder(nn.Module):
             self,
             queries: torch.Tensor,
             hidden: List[torch.Tensor],
-            self_mask: torch.Tensor,
-            memory_mask: torch.Tensor,
+            self_mask: Union[AttendFn, torch.Tensor],
+            memory_mask: Union[AttendFn, torch.Tensor],
     ) -> torch.Tensor:
         """
         Args:
             queries: (B, N, D_dec) position-only query tokens.
-            hidden: encoder block outputs, L_enc x (B, N, D_enc).
-            self_mask: (B, 1, N, N) bool, True = may attend.
-            memory_mask: (B, 1, N, N) bool, True = may attend.
+            hidden: encoder block outputs, L_enc x (B, M, D_enc) (M < N when the last segment was dropped).
+            self_mask: (B, 1, N, N) bool, True = may attend, or a rank-sorted kernel (`attention.py`).
+            memory_mask: (B, 1, N, M) bool, True = may attend, or a rank-sorted kernel.
 
         Returns:
             (B, N, out_dim) predictions.

@@ -88,7 +88,8 @@ def _objective_kwargs(cfg: PretrainConfig) -> Dict[str, Any]:
     """The options only one objective takes: MAE (`mae_pretrain_*`) or RandSAC (every other wrapper)."""
     if cfg.model.startswith('mae_'):
         return dict(mask_ratio=cfg.mask_ratio)  # segments / decoder / skip options do not apply to MAE
-    kwargs = dict(skip_connections=cfg.skip_connections, loss_first_segment=cfg.loss_first_segment, decoder=cfg.decoder)
+    kwargs = dict(skip_connections=cfg.skip_connections, loss_first_segment=cfg.loss_first_segment, decoder=cfg.decoder,
+                  attn_impl=cfg.attn_impl, attn_block_size=cfg.attn_block_size)
     if cfg.segments:
         kwargs['segments'] = cfg.segments
     return kwargs

@@ -9,37 +9,43 @@ segment or of a later one through the memory, except the first segment, which ha
 and therefore reads its own encoding (and is left out of the loss by default).
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 __all__ = ['SegmentMasks', 'build_masks', 'causal_segment_mask', 'memory_mask', 'loss_mask']
 
 
-def causal_segment_mask(rank: torch.Tensor) -> torch.Tensor:
+def causal_segment_mask(rank: torch.Tensor, key_rank: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Encoder source mask and decoder self-attention mask.
 
     Args:
-        rank: (B, N) int64 segment order of each token.
+        rank: (B, N) int64 segment order of each query token.
+        key_rank: (B, M) segment order of each key token; `rank` when None (keys == queries). The rank-sorted
+            attention paths pass a truncated key sequence here (see `attention.py`).
 
     Returns:
-        (B, 1, N, N) bool, True where query i may attend key j, i.e. `rank[j] <= rank[i]`
-        (its own segment and every earlier one). The diagonal is always True.
+        (B, 1, N, M) bool, True where query i may attend key j, i.e. `key_rank[j] <= rank[i]`
+        (its own segment and every earlier one). With keys == queries the diagonal is always True.
     """
-    return (rank.unsqueeze(1) <= rank.unsqueeze(2)).unsqueeze(1)
+    key_rank = rank if key_rank is None else key_rank
+    return (key_rank.unsqueeze(1) <= rank.unsqueeze(2)).unsqueeze(1)
 
 
-def memory_mask(rank: torch.Tensor) -> torch.Tensor:
+def memory_mask(rank: torch.Tensor, key_rank: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Decoder cross-attention mask (query i -> encoder output j).
 
     Args:
-        rank: (B, N) int64 segment order of each token.
+        rank: (B, N) int64 segment order of each query token.
+        key_rank: (B, M) segment order of each encoder output; `rank` when None.
 
     Returns:
-        (B, 1, N, N) bool, True where `rank[j] < rank[i]` (strictly earlier segments only). The first
+        (B, 1, N, M) bool, True where `key_rank[j] < rank[i]` (strictly earlier segments only). The first
         segment (`rank == 0`) has nothing before it, so its queries attend to its own encoding; without
         this their rows would be fully masked and fused attention returns NaN rows on some backends.
     """
-    q, k = rank.unsqueeze(2), rank.unsqueeze(1)
+    key_rank = rank if key_rank is None else key_rank
+    q, k = rank.unsqueeze(2), key_rank.unsqueeze(1)
     return ((k < q) | ((q == 0) & (k == 0))).unsqueeze(1)
 
 

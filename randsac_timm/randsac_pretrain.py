@@ -7,6 +7,13 @@ Paper: `Self-supervision through Random Segments with Autoregressive Coding (Ran
 timm's public `forward_intermediates(x, attn_mask=...)` -> decode position queries against the
 memory of earlier segments -> masked MSE on the pixels of the scored tokens.
 
+`attn_impl=` picks how attention runs (`attention.py`), all giving the same loss and gradients: `'dense'`
+(default; raster order, full masks, the encoder through `forward_intermediates`), `'sparse'` (tokens sorted
+by rank, the last segment dropped from the encoder, block-sparse SDPA that skips fully masked key blocks) or
+`'flex'` (the same layout with FlexAttention, compiled on CUDA). The sorted paths run the encoder's own
+modules (`patch_embed -> _pos_embed -> blocks`) instead of `forward_intermediates`, because they feed
+it a permuted, shortened token sequence.
+
 `decoder=` picks the network (paper Table 8): `'skip'` (default, trainable skips), `'plain'` (every decoder
 layer reads the last block, same as `skip_connections=False`), or `'two_stream'` (XLNet-style query stream
 through the shared encoder blocks, see `two_stream.py`).
@@ -21,13 +28,16 @@ import timm
 import torch
 import torch.nn as nn
 from timm.models import VisionTransformer, register_model
+from torch.utils.checkpoint import checkpoint
 
+from .attention import ATTN_IMPLS, SortedSegments, block_forward, check_timm_blocks, segment_kernel
 from .decoder import RandSACDecoder
 from .losses import masked_mse, pixel_target
 from .masks import build_masks
+from .masks import loss_mask as loss_mask_of
 from .randsac_vit import sincos_pos_embed
 from .segments import SegmentSpec, parse_segments, sample_rank
-from .two_stream import TwoStreamHead, check_two_stream_encoder, content_stream_inputs
+from .two_stream import TwoStreamHead, check_two_stream_encoder, content_stream_inputs, first_block_input
 
 __all__ = [
     'RandSACOutput', 'RandSACPretrain', 'build_wrapper_encoder', 'create_randsac_pretrain', 'PRETRAIN_ARGS', 'DECODERS',
@@ -72,6 +82,9 @@ class RandSACPretrain(nn.Module):
         decoder: `'skip'`, `'plain'` (alias of `skip_connections=False`) or `'two_stream'`. The two-stream
             variant has no decoder blocks (the query stream runs through the encoder's), so `decoder_*` and
             `skip_connections` do not apply to it; `self.decoder` is then a `TwoStreamHead`.
+        attn_impl: `'dense'`, `'sparse'` or `'flex'` (see the module docstring); the sorted paths need plain
+            timm `Block`s without patch dropout.
+        attn_block_size: query block of the sorted paths (default 32 for `'sparse'`, 128 for `'flex'`).
     """
 
     def __init__(
@@ -87,10 +100,23 @@ class RandSACPretrain(nn.Module):
             loss_first_segment: bool = False,
             decoder_drop_path_rate: float = 0.0,
             decoder: str = 'skip',
+            attn_impl: str = 'dense',
+            attn_block_size: Optional[int] = None,
     ):
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f'decoder={decoder!r} is not one of {", ".join(map(repr, DECODERS))}')
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f'attn_impl={attn_impl!r} is not one of {", ".join(map(repr, ATTN_IMPLS))}')
+        if attn_impl != 'dense':
+            check_timm_blocks(encoder.blocks, f'attn_impl={attn_impl!r} (use attn_impl="dense" otherwise)')
+            if not isinstance(encoder.patch_drop, nn.Identity):
+                raise ValueError(f'attn_impl={attn_impl!r} reorders every token: set patch_drop_rate=0 or use '
+                                 'attn_impl="dense".')
+        if attn_block_size is not None and attn_block_size < 1:
+            raise ValueError(f'attn_block_size must be >= 1 (or None for the default), got {attn_block_size}')
+        self.attn_impl = attn_impl
+        self.attn_block_size = attn_block_size
         if getattr(encoder, 'num_prefix_tokens', 0):
             raise ValueError('RandSAC needs an encoder without class/register tokens (class_token=False).')
         self.encoder = encoder
@@ -136,8 +162,9 @@ class RandSACPretrain(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # timm's ViT runs masked blocks without checkpointing (it never drops the mask); the decoder
-        # checkpoints its blocks with the masks passed along.
+        # timm's ViT runs masked blocks without checkpointing (it never drops the mask), so with
+        # attn_impl='dense' only the decoder checkpoints; the sorted paths run the encoder blocks here and
+        # checkpoint them too, with the kernels passed along.
         self.encoder.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable
 
@@ -188,16 +215,55 @@ class RandSACPretrain(nn.Module):
             rank = sample_rank(self.segments, B, grid_size, generator=generator, device=images.device)
         elif rank.shape != (B, grid_size[0] * grid_size[1]):
             raise ValueError(f'rank must have shape {(B, grid_size[0] * grid_size[1])}, got {tuple(rank.shape)}')
-        masks = build_masks(rank, include_first_segment=self.loss_first_segment)
+        if self.attn_impl == 'dense':
+            masks = build_masks(rank, include_first_segment=self.loss_first_segment)
+            pred, loss_mask = self._forward_dense(images, grid_size, masks), masks.loss
+        else:
+            pred, loss_mask = self._forward_sorted(images, grid_size, rank), loss_mask_of(rank, self.loss_first_segment)
+        target = pixel_target(images, self.patch_size, norm_pix=self.norm_pix)
+        loss = masked_mse(pred, target, loss_mask)
+        return RandSACOutput(loss=loss, pred=pred, target=target, rank=rank, loss_mask=loss_mask)
+
+    def _forward_dense(self, images: torch.Tensor, grid_size: Tuple[int, int], masks) -> torch.Tensor:
+        """Raster order, (B, 1, N, N) masks; the encoder through timm's `forward_intermediates`."""
+        B = images.shape[0]
         if self.decoder_kind == 'two_stream':
             content = content_stream_inputs(self.encoder, images, masks.causal)
-            pred = self.decoder(self._queries(grid_size, B, content[0]), content, self.encoder.blocks, masks.memory)
+            return self.decoder(self._queries(grid_size, B, content[0]), content, self.encoder.blocks, masks.memory)
+        _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=masks.causal)
+        return self.decoder(self._queries(grid_size, B, hidden[-1]), hidden, masks.causal, masks.memory)
+
+    def _forward_sorted(self, images: torch.Tensor, grid_size: Tuple[int, int], rank: torch.Tensor) -> torch.Tensor:
+        """Tokens sorted by rank, the last segment cut from the encoder input, block-sparse kernels.
+
+        Same math as `_forward_dense` (tested: loss and gradients): every token of every sample keeps the
+        same keys; only key blocks that every query of a block may not read are skipped.
+        """
+        B = images.shape[0]
+        order = SortedSegments(rank)
+        keep, impl, bs = order.keep_tokens, self.attn_impl, self.attn_block_size
+        enc_rank = order.rank[:, :keep]
+        # built once per step, shared by every head and layer
+        encoder_attend = segment_kernel(impl, enc_rank, enc_rank, strict=False, block_size=bs)
+        memory_attend = segment_kernel(impl, order.rank, enc_rank, strict=True, block_size=bs)
+        x = order.gather(first_block_input(self.encoder, images), keep)
+        two_stream = self.decoder_kind == 'two_stream'
+        # the two-stream query stream reads block inputs, so the last block's output is never needed
+        blocks = self.encoder.blocks[:-1] if two_stream else self.encoder.blocks
+        hidden = [x] if two_stream else []
+        for blk in blocks:
+            if self.encoder.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block_forward, blk, x, encoder_attend, use_reentrant=False)
+            else:
+                x = block_forward(blk, x, encoder_attend)
+            hidden.append(x)
+        queries = order.gather(self._queries(grid_size, B, x))
+        if two_stream:
+            pred = self.decoder(queries, hidden, self.encoder.blocks, memory_attend)
         else:
-            _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=masks.causal)
-            pred = self.decoder(self._queries(grid_size, B, hidden[-1]), hidden, masks.causal, masks.memory)
-        target = pixel_target(images, self.patch_size, norm_pix=self.norm_pix)
-        loss = masked_mse(pred, target, masks.loss)
-        return RandSACOutput(loss=loss, pred=pred, target=target, rank=rank, loss_mask=masks.loss)
+            self_attend = segment_kernel(impl, order.rank, order.rank, strict=False, block_size=bs)
+            pred = self.decoder(queries, hidden, self_attend, memory_attend)
+        return order.scatter(pred)
 
 
 # encoder name -> the paper's decoder and default segments for that setting (DESIGN.md section 6)
@@ -221,7 +287,8 @@ PRETRAIN_ARGS: Dict[str, Dict[str, Any]] = {
 
 _WRAPPER_KWARGS = (
     'segments', 'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads', 'decoder_mlp_ratio',
-    'skip_connections', 'norm_pix', 'loss_first_segment', 'decoder_drop_path_rate', 'decoder',
+    'skip_connections', 'norm_pix', 'loss_first_segment', 'decoder_drop_path_rate', 'decoder', 'attn_impl',
+    'attn_block_size',
 )
 
 
@@ -249,7 +316,8 @@ def build_wrapper_encoder(
 def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
     """Build the pretraining wrapper for a registered encoder.
 
-    Wrapper kwargs (`segments`, `decoder`, `skip_connections`, `norm_pix`, `loss_first_segment`, `decoder_*`) configure
+    Wrapper kwargs (`segments`, `decoder`, `skip_connections`, `norm_pix`, `loss_first_segment`, `decoder_*`,
+    `attn_impl`, `attn_block_size`) configure
     the objective; every other kwarg goes to the encoder (`img_size`, `in_chans`, `drop_path_rate`, ...), so
     an unknown one raises `TypeError` there.
     """

@@ -17,19 +17,20 @@ by `first_block_input`, which repeats the four steps timm's `forward_features` r
 and keeps the encoder forward itself on the public API; the last block's content output is never read, so
 the content stream stops one block early.
 
-Because timm's `Block` only attends a sequence to itself, `two_stream_block` reaches into its parts
-(`norm1`, `attn.qkv`, `attn.proj`, `ls1`, `drop_path1`, `norm2`, `mlp`, `ls2`, `drop_path2`). It is the only
-place in the package that does, and it checks the block type so a timm change fails loudly, not silently.
+Because timm's `Block` only attends a sequence to itself, `two_stream_block` runs it through
+`attention.block_forward`, the one place in the package that reaches into timm's block internals (and checks
+the block type, so a timm change fails loudly, not silently).
 """
-from typing import List
+from typing import List, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import Attention, LayerNorm, trunc_normal_
+from timm.layers import LayerNorm, trunc_normal_
 from timm.models import VisionTransformer
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
+
+from .attention import AttendFn, block_forward, check_timm_blocks
 
 __all__ = ['first_block_input', 'content_stream_inputs', 'two_stream_block', 'check_two_stream_encoder',
            'TwoStreamHead']
@@ -77,16 +78,13 @@ def content_stream_inputs(
 
 def check_two_stream_encoder(encoder: VisionTransformer) -> None:
     """Raise `ValueError` unless every block is a timm `Block` with a plain `Attention` and no token is dropped."""
-    for i, blk in enumerate(encoder.blocks):
-        if type(blk) is not Block or type(blk.attn) is not Attention:
-            raise ValueError(
-                f'the two-stream decoder runs timm Block/Attention internals; encoder block {i} is '
-                f'{type(blk).__name__}/{type(getattr(blk, "attn", None)).__name__}. Use decoder="skip".')
+    check_timm_blocks(encoder.blocks, 'the two-stream decoder (use decoder="skip" otherwise)')
     if not isinstance(encoder.patch_drop, nn.Identity):
         raise ValueError('the two-stream decoder needs every token in the content stream: set patch_drop_rate=0.')
 
 
-def two_stream_block(blk: Block, query: torch.Tensor, content: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def two_stream_block(blk: Block, query: torch.Tensor, content: torch.Tensor,
+                     attend: Union[AttendFn, torch.Tensor]) -> torch.Tensor:
     """One query-stream step through a timm `Block`: queries from `query`, keys/values from `content`.
 
     Exactly `Block.forward` (pre-norm attention and MLP, layer scale, drop path) except that attention reads
@@ -96,29 +94,12 @@ def two_stream_block(blk: Block, query: torch.Tensor, content: torch.Tensor, mas
         blk: the encoder block (weights shared with the content stream).
         query: (B, N, D) query stream entering the block.
         content: (B, M, D) content stream entering the same block.
-        mask: (B, 1, N, M) bool memory mask, True = may attend.
+        attend: (B, 1, N, M) bool memory mask (True = may attend) or a rank-sorted kernel (`attention.py`).
 
     Returns:
         (B, N, D) query stream leaving the block.
     """
-    attn = blk.attn
-    B, N, _ = query.shape
-    M = content.shape[1]
-    hd, nh = attn.head_dim, attn.num_heads
-    q_in, kv_in = blk.norm1(query), blk.norm1(content)
-    # one fused qkv weight: slice rows for q (first third) and k, v (the rest), as Attention reshapes them
-    w_q, w_kv = attn.qkv.weight.split([attn.attn_dim, 2 * attn.attn_dim])
-    b_q, b_kv = attn.qkv.bias.split([attn.attn_dim, 2 * attn.attn_dim]) if attn.qkv.bias is not None else (None, None)
-    q = F.linear(q_in, w_q, b_q).reshape(B, N, nh, hd).transpose(1, 2)  # (B, h, N, hd)
-    k, v = F.linear(kv_in, w_kv, b_kv).reshape(B, M, 2, nh, hd).permute(2, 0, 3, 1, 4)  # (B, h, M, hd) each
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.attn_drop.p if attn.training else 0.)
-    x = attn.norm(x.transpose(1, 2).reshape(B, N, attn.attn_dim))
-    if attn.gate is not None:
-        x = x * attn.gate(q_in).sigmoid()
-    x = attn.proj_drop(attn.proj(x))
-    query = query + blk.drop_path1(blk.ls1(x))
-    return query + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(query))))
+    return block_forward(blk, query, attend, context=content)
 
 
 class TwoStreamHead(nn.Module):
@@ -145,14 +126,15 @@ class TwoStreamHead(nn.Module):
             queries: torch.Tensor,
             content: List[torch.Tensor],
             blocks: nn.Sequential,
-            memory_mask: torch.Tensor,
+            memory_mask: Union[AttendFn, torch.Tensor],
     ) -> torch.Tensor:
         """
         Args:
             queries: (B, N, D) fixed sin-cos position embeddings of every token.
-            content: L_enc x (B, N, D) content-stream input of each block (`content_stream_inputs`).
+            content: L_enc x (B, M, D) content-stream input of each block (`content_stream_inputs`).
             blocks: the encoder's blocks (not registered here, so the state dict holds them once).
-            memory_mask: (B, 1, N, N) bool, True = may attend (`rank[j] < rank[i]`, first segment reads itself).
+            memory_mask: (B, 1, N, M) bool, True = may attend (`rank[j] < rank[i]`, first segment reads itself),
+                or the same rule as a rank-sorted kernel (`attention.py`).
 
         Returns:
             (B, N, out_dim) predicted pixels of every token.

@@ -31,14 +31,6 @@ def _mae(**kwargs) -> MAEPretrain:
     return timm.create_model('mae_pretrain_vit_micro_patch4_32', **dict(MAE_TINY, **kwargs))
 
 
-@pytest.fixture(scope='module')
-def fmnist_batch(fashion_mnist_train) -> torch.Tensor:
-    """64 real Fashion-MNIST images, padded 28 -> 32 and normalised: (64, 1, 32, 32)."""
-    x = fashion_mnist_train.data[:64].float().div(255).unsqueeze(1)
-    x = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    return (x - 0.2860) / 0.3530
-
-
 def _overfit(model: torch.nn.Module, images: torch.Tensor, rank: torch.Tensor, steps: int = 40) -> list:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []

@@ -18,14 +18,6 @@ def _wrapper(segments: str = 'blob:11-5', **kwargs) -> RandSACPretrain:
     return timm.create_model('randsac_pretrain_vit_micro_patch4_32', segments=segments, **dict(TINY, **kwargs))
 
 
-@pytest.fixture(scope='module')
-def fmnist_batch(fashion_mnist_train) -> torch.Tensor:
-    """64 real Fashion-MNIST images, padded 28 -> 32 and normalised: (64, 1, 32, 32)."""
-    x = fashion_mnist_train.data[:64].float().div(255).unsqueeze(1)
-    x = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    return (x - 0.2860) / 0.3530
-
-
 def _token_grad(pred_part: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """|d pred_part / d images| summed per token: (B, N)."""
     (grad,) = torch.autograd.grad(pred_part.sum(), images, retain_graph=True)
