@@ -2,17 +2,24 @@
 
     python benchmarks/throughput.py                                   # CPU: micro and ViT-Tiny, 8x8 grid, fp32
     python benchmarks/throughput.py --json benchmarks/results/throughput_cpu.json
-    python benchmarks/throughput.py --device cuda --encoders randsac_vit_base_patch16_224 --amp --batch-size 256
+    python benchmarks/throughput.py --device cuda --encoders randsac_vit_base_patch16_224 --amp --batch-size 256 \
+        --modes timm randsac randsac_sparse randsac_flex nomask mae
+    python benchmarks/throughput.py --compile ...                     # the same with torch.compile on each step
 
 For each encoder it times, after warm-up, repeated full training steps (forward, backward, AdamW) of:
   (a) timm  : the encoder as a supervised timm VisionTransformer (linear head, cross-entropy);
-  (b) randsac: the RandSAC pretraining step (serialization + masks + encoder + decoder + loss);
+  (b) randsac: the RandSAC pretraining step (serialization + masks + encoder + decoder + loss), dense masks
+      in raster order (`attn_impl='dense'`, the reference);
+  (b') randsac_sparse / randsac_flex: the same step on the rank-sorted speed paths (`attn_impl='sparse'`:
+      last segment dropped, block-sparse SDPA; `'flex'`: FlexAttention, CUDA only), same loss and gradients;
   (c) nomask: the same encoder-decoder step with every mask removed and no serialization;
   (d) mae   : the MAE step of the same encoder/decoder sizes (75% masking), when registered.
 and reports images/s, peak memory, FLOPs per step (counted by torch.utils.flop_counter, which applies the
 analytic formula of every matmul / attention op executed: forward + backward; masked attention is counted
-dense, as the kernels compute it), achieved FLOP/s, the share of (b) spent sampling ranks and building
-masks, and the ratios (b)/(c) step time, FLOP/s of (b) over (a), and peak memory (b)/(c).
+dense, as the kernels compute it; the sparse paths execute fewer FLOPs, so their FLOP/s ratio uses the dense
+step's count, the model's FLOPs), achieved FLOP/s, the share of (b) spent sampling ranks and building
+masks, and the ratios (b)/(c) step time, FLOP/s of (b) over (a), and peak memory (b)/(c); the same ratios of
+the sparse path carry a `_sparse` suffix (`_flex` for FlexAttention).
 
 Peak memory: CUDA's max_memory_allocated above what is allocated before the timed steps (weights, optimizer
 state, inputs); on CPU the growth of the process's peak resident set from just before the first step (weights and
@@ -38,7 +45,9 @@ from randsac_timm.losses import masked_mse, pixel_target
 from randsac_timm.masks import build_masks
 from randsac_timm.segments import sample_rank
 
-MODES = ('timm', 'randsac', 'nomask', 'mae')
+MODES = ('timm', 'randsac', 'randsac_sparse', 'randsac_flex', 'nomask', 'mae')
+DEFAULT_MODES = ('timm', 'randsac', 'randsac_sparse', 'nomask', 'mae')  # flex has no CPU backward
+ATTN_IMPL = {'randsac': 'dense', 'randsac_sparse': 'sparse', 'randsac_flex': 'flex'}
 
 
 def _current_rss_bytes() -> int:
@@ -55,7 +64,9 @@ def _step_fn(mode: str, encoder_name: str, batch_size: int, device: torch.device
     """Build the model of `mode` and return a closure running one full training step."""
     torch.manual_seed(0)
     pretrain_name = encoder_name.replace('randsac_', 'randsac_pretrain_', 1)
-    kwargs = {'segments': segments} if segments and mode == 'randsac' else {}
+    kwargs = {'segments': segments} if segments and mode in ATTN_IMPL else {}
+    if mode in ATTN_IMPL:
+        kwargs['attn_impl'] = ATTN_IMPL[mode]
     if img_size:
         kwargs['img_size'] = img_size
     if mode == 'timm':
@@ -87,12 +98,11 @@ def _step_fn(mode: str, encoder_name: str, batch_size: int, device: torch.device
     else:
         def loss_fn():
             return model(images, generator=generator).loss
-    if compile:
-        loss_fn = torch.compile(loss_fn)
+    compiled_loss_fn = torch.compile(loss_fn) if compile else loss_fn
 
-    def step():
+    def step(eager: bool = False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn()
+            loss = (loss_fn if eager else compiled_loss_fn)()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -113,10 +123,15 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
     # CPU: peak RSS growth from here (model, optimizer and inputs exist; activations, gradients and optimizer
     # state of the first steps do not yet) to the end of the timed steps
     rss_before_steps = _current_rss_bytes() if device.type != 'cuda' else 0
-    with FlopCounterMode(display=False) as counter:
-        step()
+    with FlopCounterMode(display=False) as counter:  # counted eagerly: compiled graphs hide their ops from it
+        step(eager=True)
     flops = counter.get_total_flops()
-    for _ in range(max(warmup - 1, 0)):
+    _sync(device)
+    t0 = time.perf_counter()
+    step()  # with --compile: the step that compiles
+    _sync(device)
+    first_step_s = time.perf_counter() - t0
+    for _ in range(max(warmup - 2, 0)):
         step()
     _sync(device)
     if device.type == 'cuda':
@@ -134,8 +149,8 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
     grid = tuple(model.grid_size) if hasattr(model, 'grid_size') else tuple(model.patch_embed.grid_size)
     result = dict(mode=mode, encoder=encoder_name, batch_size=batch_size, grid=list(grid), step_ms=step_s * 1e3,
                   images_per_s=batch_size / step_s, flops_per_step=flops, achieved_tflops=flops / step_s / 1e12,
-                  peak_memory_mb=max(peak, 0) / 2**20)
-    if mode == 'randsac':
+                  peak_memory_mb=max(peak, 0) / 2**20, compile=compile, first_step_s=first_step_s)
+    if mode in ATTN_IMPL:
         n = 50
 
         def masks_only():
@@ -183,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--segments', default=None, help="RandSAC serialization (default: the model's)")
     parser.add_argument('--img-size', type=int, default=None,
                         help='input size for every model (grid = img-size / patch), e.g. 56 -> 14x14 with patch 4')
-    parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
+    parser.add_argument('--modes', nargs='+', default=list(DEFAULT_MODES), choices=MODES)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--json', default=None, help='write the figures here as JSON')
@@ -213,16 +228,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 torch.cuda.empty_cache()
             else:
                 rows[mode] = _run_isolated(args, mode, encoder)
-        ratios = {}
-        a, b, c = rows.get('timm'), rows.get('randsac'), rows.get('nomask')
-        if b:
-            ratios['mask_share'] = b['masks_ms'] / b['step_ms']
-        if b and c:
-            ratios['masked_over_unmasked'] = b['step_ms'] / c['step_ms']
-            ratios['memory_ratio'] = b['peak_memory_mb'] / max(c['peak_memory_mb'], 1e-9)
-        if a and b:
-            ratios['flops_ratio_vs_timm'] = b['achieved_tflops'] / a['achieved_tflops']
-            ratios['step_time_vs_timm'] = b['step_ms'] / a['step_ms']
+        ratios = _ratios(rows)
         report['results'][encoder] = dict(rows=rows, **ratios)
         _print_table(encoder, rows, ratios, hardware)
     if args.json:
@@ -232,14 +238,36 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     return report
 
 
+def _ratios(rows: Dict[str, Any]) -> Dict[str, float]:
+    """The issue's ratios for (b) = dense RandSAC, and the same with a `_sparse` / `_flex` suffix for (b')."""
+    ratios: Dict[str, float] = {}
+    a, c, dense = rows.get('timm'), rows.get('nomask'), rows.get('randsac')
+    for mode, suffix in (('randsac', ''), ('randsac_sparse', '_sparse'), ('randsac_flex', '_flex')):
+        b = rows.get(mode)
+        if not b:
+            continue
+        ratios['mask_share' + suffix] = b['masks_ms'] / b['step_ms']
+        if c:
+            ratios['masked_over_unmasked' + suffix] = b['step_ms'] / c['step_ms']
+            ratios['memory_ratio' + suffix] = b['peak_memory_mb'] / max(c['peak_memory_mb'], 1e-9)
+        if a:
+            # model FLOPs (the dense count) per second: the sparse paths skip work, they do not shrink the model
+            model_flops = (dense or b)['flops_per_step']
+            ratios['flops_ratio_vs_timm' + suffix] = model_flops / b['step_ms'] * 1e3 / 1e12 / a['achieved_tflops']
+            ratios['step_time_vs_timm' + suffix] = b['step_ms'] / a['step_ms']
+        if dense and mode != 'randsac':
+            ratios['step_time_vs_dense' + suffix] = b['step_ms'] / dense['step_ms']
+    return ratios
+
+
 def _print_table(encoder: str, rows: Dict[str, Any], ratios: Dict[str, float], hardware: str) -> None:
     grid = next((r['grid'] for r in rows.values() if r), None)
     print(f'\n{encoder}, grid {grid[0]}x{grid[1]}, on {hardware}' if grid else f'\n{encoder} on {hardware}')
-    print(f'{"step":<9}{"img/s":>10}{"ms/step":>10}{"GFLOP/step":>12}{"TFLOP/s":>10}{"peak MB":>10}')
+    print(f'{"step":<15}{"img/s":>10}{"ms/step":>10}{"GFLOP/step":>12}{"TFLOP/s":>10}{"peak MB":>10}')
     for mode, r in rows.items():
         if r is None:
             continue
-        print(f'{mode:<9}{r["images_per_s"]:>10.1f}{r["step_ms"]:>10.1f}{r["flops_per_step"] / 1e9:>12.1f}'
+        print(f'{mode:<15}{r["images_per_s"]:>10.1f}{r["step_ms"]:>10.1f}{r["flops_per_step"] / 1e9:>12.1f}'
               f'{r["achieved_tflops"]:>10.3f}{r["peak_memory_mb"]:>10.0f}')
     for key, value in ratios.items():
         print(f'  {key:<22} {value:.4f}')

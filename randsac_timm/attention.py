@@ -21,7 +21,7 @@ timm's `Block` only takes a mask tensor, so `block_forward` / `attention_forward
 the only code in the package that reaches into timm's block internals; `check_timm_blocks` makes a timm
 change fail loudly instead of silently.
 """
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,7 @@ from .masks import causal_segment_mask, memory_mask
 
 __all__ = [
     'ATTN_IMPLS', 'AttendFn', 'DenseAttention', 'BlockSparseAttention', 'FlexBlockAttention', 'SortedSegments',
-    'segment_kernel', 'attention_forward', 'block_forward', 'check_timm_blocks',
+    'SortedPlan', 'sorted_plan', 'segment_kernel', 'attention_forward', 'block_forward', 'check_timm_blocks',
 ]
 
 # 'dense': raster order, (B, 1, N, N) masks through timm's own forward_intermediates (the reference);
@@ -91,6 +91,9 @@ class BlockSparseAttention:
         Nq = self.blocks[-1][1]
         return sum((e - s) * b for s, e, b, _ in self.blocks) / (Nq * self.key_tokens)
 
+    # the plan changes every step (data-dependent prefix lengths): under torch.compile the kernel runs eagerly
+    # between compiled graphs instead of recompiling for each new set of slice sizes
+    @torch.compiler.disable
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
         if len(self.blocks) == 1 and self.blocks[0][2] == k.shape[-2]:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.blocks[0][3], dropout_p=dropout_p)
@@ -195,6 +198,28 @@ def segment_kernel(impl: str, query_rank: torch.Tensor, key_rank: torch.Tensor, 
     if impl == 'dense':
         return DenseAttention(mask)
     raise ValueError(f'attn_impl={impl!r} is not one of {", ".join(map(repr, ATTN_IMPLS))}')
+
+
+class SortedPlan(NamedTuple):
+    """Everything one step of a sorted path needs, built once and shared by every head and layer."""
+
+    order: SortedSegments
+    encoder: AttendFn  # causal, over the kept tokens
+    memory: AttendFn  # decoder queries (all tokens) -> kept encoder tokens, strictly earlier
+    decoder: AttendFn  # decoder self-attention, causal, over all tokens
+
+
+@torch.compiler.disable  # data-dependent (host syncs, shapes): built eagerly, outside any compiled graph
+def sorted_plan(rank: torch.Tensor, impl: str, block_size: Optional[int] = None) -> SortedPlan:
+    """Sort the step's tokens by `rank: (B, N)`; build the three kernels of a sorted path (`'sparse'`, `'flex'`)."""
+    order = SortedSegments(rank)
+    kept = order.rank[:, :order.keep_tokens]
+    return SortedPlan(
+        order=order,
+        encoder=segment_kernel(impl, kept, kept, strict=False, block_size=block_size),
+        memory=segment_kernel(impl, order.rank, kept, strict=True, block_size=block_size),
+        decoder=segment_kernel(impl, order.rank, order.rank, strict=False, block_size=block_size),
+    )
 
 
 # ------------------------------------------------------------------------------ timm blocks with other kernels

@@ -30,7 +30,7 @@ import torch.nn as nn
 from timm.models import VisionTransformer, register_model
 from torch.utils.checkpoint import checkpoint
 
-from .attention import ATTN_IMPLS, SortedSegments, block_forward, check_timm_blocks, segment_kernel
+from .attention import ATTN_IMPLS, block_forward, check_timm_blocks, sorted_plan
 from .decoder import RandSACDecoder
 from .losses import masked_mse, pixel_target
 from .masks import build_masks
@@ -240,29 +240,24 @@ class RandSACPretrain(nn.Module):
         same keys; only key blocks that every query of a block may not read are skipped.
         """
         B = images.shape[0]
-        order = SortedSegments(rank)
-        keep, impl, bs = order.keep_tokens, self.attn_impl, self.attn_block_size
-        enc_rank = order.rank[:, :keep]
-        # built once per step, shared by every head and layer
-        encoder_attend = segment_kernel(impl, enc_rank, enc_rank, strict=False, block_size=bs)
-        memory_attend = segment_kernel(impl, order.rank, enc_rank, strict=True, block_size=bs)
-        x = order.gather(first_block_input(self.encoder, images), keep)
+        plan = sorted_plan(rank, self.attn_impl, self.attn_block_size)  # once per step, shared by every layer
+        order = plan.order
+        x = order.gather(first_block_input(self.encoder, images), order.keep_tokens)
         two_stream = self.decoder_kind == 'two_stream'
         # the two-stream query stream reads block inputs, so the last block's output is never needed
         blocks = self.encoder.blocks[:-1] if two_stream else self.encoder.blocks
         hidden = [x] if two_stream else []
         for blk in blocks:
             if self.encoder.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block_forward, blk, x, encoder_attend, use_reentrant=False)
+                x = checkpoint(block_forward, blk, x, plan.encoder, use_reentrant=False)
             else:
-                x = block_forward(blk, x, encoder_attend)
+                x = block_forward(blk, x, plan.encoder)
             hidden.append(x)
         queries = order.gather(self._queries(grid_size, B, x))
         if two_stream:
-            pred = self.decoder(queries, hidden, self.encoder.blocks, memory_attend)
+            pred = self.decoder(queries, hidden, self.encoder.blocks, plan.memory)
         else:
-            self_attend = segment_kernel(impl, order.rank, order.rank, strict=False, block_size=bs)
-            pred = self.decoder(queries, hidden, self_attend, memory_attend)
+            pred = self.decoder(queries, hidden, plan.decoder, plan.memory)
         return order.scatter(pred)
 
 
