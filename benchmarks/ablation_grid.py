@@ -103,8 +103,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--rows', nargs='*', default=None, help='only these row names')
     parser.add_argument('--all-rows', action='store_true', help='every row, also with --quick (its small budget)')
     parser.add_argument('--tag', default=None, help='results name (default ablation_quick / ablation_full)')
+    parser.add_argument('--table-only', action='store_true',
+                        help='run nothing: write the table from the rows finished so far (a grid stopped midway)')
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    # the command that produced the rows (a --table-only call only re-tabulates them)
+    args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != '--table-only']
     quick = args.quick
     args.seeds = args.seeds or (1 if quick else 2)
     args.train_samples = args.train_samples or (8000 if quick else 20000)
@@ -124,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if unknown:
         raise SystemExit(f'unknown rows {sorted(unknown)}; rows: {[r["name"] for r in ROWS]}')
 
-    for seed in range(args.seeds):
+    for seed in range(0 if args.table_only else args.seeds):
         randsac_time: Optional[float] = None
         for row in selected:
             path = os.path.join(rows_dir, f'{_slug(row["name"])}-seed{seed}.json')

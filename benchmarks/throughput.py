@@ -15,7 +15,8 @@ For each encoder it times, after warm-up, repeated full training steps (forward,
   (c) nomask: the same encoder-decoder step with every mask removed and no serialization;
   (d) mae   : the MAE step of the same encoder/decoder sizes (75% masking), when registered.
 and reports images/s, peak memory, FLOPs per step (counted by torch.utils.flop_counter, which applies the
-analytic formula of every matmul / attention op executed: forward + backward; masked attention is counted
+analytic formula of every matmul / attention op executed; we add the same formula for the CPU attention kernel,
+which torch's counter skips: forward + backward; masked attention is counted
 dense, as the kernels compute it; the sparse paths execute fewer FLOPs, so their FLOP/s ratio uses the dense
 step's count, the model's FLOPs), achieved FLOP/s, the share of (b) spent sampling ranks and building
 masks, and the ratios (b)/(c) step time, FLOP/s of (b) over (a), and peak memory (b)/(c); the same ratios of
@@ -38,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional
 import timm
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import randsac_timm  # noqa: F401
 from randsac_timm.losses import masked_mse, pixel_target
@@ -57,6 +58,17 @@ def _current_rss_bytes() -> int:
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# torch's FLOP counter knows the CUDA attention kernels but not the CPU one, so on CPU it would count no attention
+# at all; the same analytic formulas for the CPU kernel (masked attention counted dense, as the kernel computes it)
+_aten = torch.ops.aten
+CPU_ATTENTION_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
+}
 
 
 def _step_fn(mode: str, encoder_name: str, batch_size: int, device: torch.device, amp: bool, compile: bool,
@@ -123,7 +135,8 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
     # CPU: peak RSS growth from here (model, optimizer and inputs exist; activations, gradients and optimizer
     # state of the first steps do not yet) to the end of the timed steps
     rss_before_steps = _current_rss_bytes() if device.type != 'cuda' else 0
-    with FlopCounterMode(display=False) as counter:  # counted eagerly: compiled graphs hide their ops from it
+    # counted eagerly: compiled graphs hide their ops from the counter
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         step(eager=True)
     flops = counter.get_total_flops()
     _sync(device)
@@ -199,6 +212,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--img-size', type=int, default=None,
                         help='input size for every model (grid = img-size / patch), e.g. 56 -> 14x14 with patch 4')
     parser.add_argument('--modes', nargs='+', default=list(DEFAULT_MODES), choices=MODES)
+    parser.add_argument('--repeats', type=int, default=1, help='runs per mode, taking turns; the median is reported')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--json', default=None, help='write the figures here as JSON')
@@ -215,19 +229,26 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 else f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
     report: Dict[str, Any] = dict(device=str(device), hardware=hardware, torch=torch.__version__,
                                   timm=timm.__version__, amp=args.amp, compile=args.compile, img_size=args.img_size,
-                                  batch_size=args.batch_size, flops='torch.utils.flop_counter, forward+backward',
+                                  batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,
+                                  flops='torch.utils.flop_counter (+ the CPU attention kernel), forward+backward',
                                   results={})
     for encoder in args.encoders:
-        rows = {}
-        for mode in args.modes:
-            if not _available(mode, encoder):
-                continue
-            if device.type == 'cuda':
-                rows[mode] = measure(mode, encoder, args.batch_size, device, args.amp, args.compile, args.warmup,
-                                     args.steps, args.segments, args.img_size)
-                torch.cuda.empty_cache()
-            else:
-                rows[mode] = _run_isolated(args, mode, encoder)
+        runs: Dict[str, List[Dict[str, Any]]] = {}
+        # the modes take turns (a b c d, a b c d, ...) so that a slow spell of a shared machine hits them alike;
+        # each mode's row is its median run by step time
+        for _ in range(args.repeats):
+            for mode in args.modes:
+                if not _available(mode, encoder):
+                    continue
+                if device.type == 'cuda':
+                    run = measure(mode, encoder, args.batch_size, device, args.amp, args.compile, args.warmup,
+                                  args.steps, args.segments, args.img_size)
+                    torch.cuda.empty_cache()
+                else:
+                    run = _run_isolated(args, mode, encoder)
+                if run is not None:
+                    runs.setdefault(mode, []).append(run)
+        rows = {mode: _median_run(r) for mode, r in runs.items()}
         ratios = _ratios(rows)
         report['results'][encoder] = dict(rows=rows, **ratios)
         _print_table(encoder, rows, ratios, hardware)
@@ -236,6 +257,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         with open(args.json, 'w') as f:
             json.dump(report, f, indent=2)
     return report
+
+
+def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    ordered = sorted(runs, key=lambda r: r['step_ms'])
+    return dict(ordered[(len(ordered) - 1) // 2], step_ms_runs=[r['step_ms'] for r in runs],
+                peak_memory_mb_runs=[r['peak_memory_mb'] for r in runs])
 
 
 def _ratios(rows: Dict[str, Any]) -> Dict[str, float]:
