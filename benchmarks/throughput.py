@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import randsac_timm  # noqa: F401
+from randsac_timm.distributed import select_attention_backends
 from randsac_timm.losses import masked_mse, pixel_target
 from randsac_timm.masks import build_masks
 from randsac_timm.segments import sample_rank
@@ -216,9 +217,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--json', default=None, help='write the figures here as JSON')
+    parser.add_argument('--cudnn-attention', action='store_true',
+                        help="allow PyTorch's cuDNN attention on CUDA (off, as in train_pretrain.py)")
     parser.add_argument('--_one', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    select_attention_backends(device, args.cudnn_attention)  # the kernels training uses
 
     if args._one:  # child process: one configuration, JSON on the last line
         print(json.dumps(measure(args._one, args.encoders[0], args.batch_size, device, args.amp, args.compile,
@@ -229,6 +233,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 else f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
     report: Dict[str, Any] = dict(device=str(device), hardware=hardware, torch=torch.__version__,
                                   timm=timm.__version__, amp=args.amp, compile=args.compile, img_size=args.img_size,
+                                  cudnn_attention=args.cudnn_attention,
                                   batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,
                                   flops='torch.utils.flop_counter (+ the CPU attention kernel), forward+backward',
                                   results={})

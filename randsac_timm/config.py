@@ -64,6 +64,9 @@ class PretrainConfig:
     device: str = 'auto'  # 'auto' = cuda when available (one GPU per torchrun process), else cpu
     amp: bool = False  # bf16 autocast (meant for CUDA; slow on CPU)
     compile: bool = False  # torch.compile the pretraining model
+    # allow PyTorch's cuDNN attention on CUDA; off because its masked backward can return NaN gradients at 64-token
+    # grids on H100/H200 (pytorch/pytorch#196678; randsac_timm.distributed.select_attention_backends)
+    cudnn_attention: bool = False
     grad_checkpointing: bool = False
     output_dir: str = 'output/pretrain'
     resume: Optional[str] = None  # a checkpoint path; by default the output folder's checkpoint-last.pth resumes

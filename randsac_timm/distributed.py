@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistContext', 'bf16_autocast', 'init_distributed', 'resolve_device']
+__all__ = ['DistContext', 'bf16_autocast', 'init_distributed', 'resolve_device', 'select_attention_backends']
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
@@ -27,6 +27,20 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 def bf16_autocast(device: torch.device, enabled: bool):
     """bf16 autocast on `device` when `enabled` (the `--amp` flag of every script), else a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def select_attention_backends(device: torch.device, cudnn_attention: bool) -> bool:
+    """Keep PyTorch's cuDNN attention kernel out of masked training on CUDA unless asked for; returns its state.
+
+    Why: from torch 2.11 the default SDPA backend on H100/H200 is cuDNN, whose backward returns NaN for the query
+    gradient when an explicit `attn_mask` is given, the sequence length is 64 modulo 128, and a row's
+    log-sum-exp falls below -88.7 (pytorch/pytorch#196678). RandSAC always passes masks, and its 8x8 grids are
+    64 tokens: finite losses with non-finite gradients, as our ViT-Tiny bf16 runs on an H200 with torch 2.11
+    showed near their peak learning rate. Without cuDNN, masked SDPA takes the memory-efficient kernel.
+    """
+    if device.type == 'cuda':
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
+    return torch.backends.cuda.cudnn_sdp_enabled()
 
 
 @dataclass

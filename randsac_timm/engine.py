@@ -43,7 +43,7 @@ from .data import (
     dataset_stats,
     set_loader_epoch,
 )
-from .distributed import DistContext, bf16_autocast, init_distributed
+from .distributed import DistContext, bf16_autocast, init_distributed, select_attention_backends
 from .task import PretrainTask
 
 __all__ = ['train', 'TrainResult', 'NonFiniteLossError', 'build_pretrain_model']
@@ -212,7 +212,8 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
     use_amp = cfg.amp
     if use_amp and device.type != 'cuda' and ctx.is_primary:
         print('warning: --amp on CPU runs bf16 autocast, which is slow on most CPUs; fp32 is the CPU default')
-    meta = dict(model=cfg.model, segments=str(model.segments), lr=lr, effective_batch=eff_batch,
+    cudnn_sdp = select_attention_backends(device, cfg.cudnn_attention) if device.type == 'cuda' else None
+    meta = dict(model=cfg.model, segments=str(model.segments), lr=lr, effective_batch=eff_batch, cudnn_sdp=cudnn_sdp,
                 world_size=ctx.world_size, device=str(device), updates_per_epoch=updates_per_epoch,
                 total_updates=total_updates, torch=torch.__version__, timm=timm.__version__,
                 host=platform.node(), cpu=platform.processor() or platform.machine(),

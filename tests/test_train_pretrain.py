@@ -16,6 +16,7 @@ import randsac_timm  # noqa: F401
 from randsac_timm import data as data_module
 from randsac_timm.checkpoint import CheckpointError, load_checkpoint
 from randsac_timm.config import PretrainConfig, list_presets, load_yaml_config, parse_pretrain_args, resolve_preset
+from randsac_timm.distributed import select_attention_backends
 from randsac_timm.engine import NonFiniteLossError, train
 from randsac_timm.task import PretrainTask
 
@@ -226,3 +227,17 @@ def test_every_preset_loads_and_names_a_registered_model(preset):
     assert cfg.model in timm.list_models('randsac_pretrain*')
     model = timm.create_model(cfg.model, img_size=cfg.img_size, **({'segments': cfg.segments} if cfg.segments else {}))
     model.segments.validate(model.grid_size)
+
+
+def test_cudnn_attention_stays_off_for_masked_cuda_training_unless_asked():
+    # the flag is global process state; the CPU never touches it (no GPU needed to check the switch itself)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        assert select_attention_backends(torch.device('cuda'), cudnn_attention=False) is False
+        assert select_attention_backends(torch.device('cuda'), cudnn_attention=True) is True
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        assert select_attention_backends(torch.device('cpu'), cudnn_attention=True) is False
+        assert parse_pretrain_args(['--cudnn-attention']).cudnn_attention
+        assert not parse_pretrain_args([]).cudnn_attention
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
