@@ -18,7 +18,7 @@ shares them across heads and layers.
 
 timm's `Block` only takes a mask tensor, so `block_forward` / `attention_forward` run a timm `Block` /
 `Attention` with another kernel (and, for the two-stream variant, with keys from another sequence). They are
-the only code in the package that reaches into timm's block internals; `check_timm_blocks` makes a timm
+the only code in the package that reaches into timm's block internals; `check_block_encoder` makes a timm
 change fail loudly instead of silently.
 """
 from typing import Callable, List, NamedTuple, Optional, Tuple, Union
@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block
 
-from .masks import causal_segment_mask, memory_mask
+from .masks import causal_rule, causal_segment_mask, memory_mask, memory_rule
 
 __all__ = [
     'ATTN_IMPLS', 'AttendFn', 'DenseAttention', 'BlockSparseAttention', 'FlexBlockAttention', 'SortedSegments',
-    'SortedPlan', 'sorted_plan', 'segment_kernel', 'attention_forward', 'block_forward', 'check_timm_blocks',
+    'SortedPlan', 'sorted_plan', 'segment_kernel', 'attention_forward', 'block_forward', 'check_block_encoder',
 ]
 
 # 'dense': raster order, (B, 1, N, N) masks through timm's own forward_intermediates (the reference);
@@ -134,15 +134,13 @@ class FlexBlockAttention:
                  compiled: Optional[bool] = None):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        def causal(b, h, q_idx, kv_idx):
-            return key_rank[b, kv_idx] <= query_rank[b, q_idx]
+        rule = memory_rule if strict else causal_rule  # the same rules as the dense masks (masks.py)
 
-        def memory(b, h, q_idx, kv_idx):
-            k, q = key_rank[b, kv_idx], query_rank[b, q_idx]
-            return (k < q) | ((q == 0) & (k == 0))
+        def mask_mod(b, h, q_idx, kv_idx):
+            return rule(query_rank[b, q_idx], key_rank[b, kv_idx])
 
         B, Nq = query_rank.shape
-        self.block_mask = create_block_mask(memory if strict else causal, B, None, Nq, key_rank.shape[1],
+        self.block_mask = create_block_mask(mask_mod, B, None, Nq, key_rank.shape[1],
                                             device=query_rank.device, BLOCK_SIZE=block_size)
         self.compiled = query_rank.is_cuda if compiled is None else compiled
 
@@ -206,32 +204,46 @@ class SortedPlan(NamedTuple):
     order: SortedSegments
     encoder: AttendFn  # causal, over the kept tokens
     memory: AttendFn  # decoder queries (all tokens) -> kept encoder tokens, strictly earlier
-    decoder: AttendFn  # decoder self-attention, causal, over all tokens
+    decoder: Optional[AttendFn]  # decoder self-attention, causal, over all tokens (None: no decoder self-attention)
 
 
 @torch.compiler.disable  # data-dependent (host syncs, shapes): built eagerly, outside any compiled graph
-def sorted_plan(rank: torch.Tensor, impl: str, block_size: Optional[int] = None) -> SortedPlan:
-    """Sort the step's tokens by `rank: (B, N)`; build the three kernels of a sorted path (`'sparse'`, `'flex'`)."""
+def sorted_plan(rank: torch.Tensor, impl: str, block_size: Optional[int] = None,
+                decoder_self_attention: bool = True) -> SortedPlan:
+    """Sort the step's tokens by `rank: (B, N)`; build the kernels of a sorted path (`'sparse'`, `'flex'`).
+
+    The two-stream query stream never attends to itself: it passes `decoder_self_attention=False` and skips
+    building that kernel.
+    """
     order = SortedSegments(rank)
     kept = order.rank[:, :order.keep_tokens]
     return SortedPlan(
         order=order,
         encoder=segment_kernel(impl, kept, kept, strict=False, block_size=block_size),
         memory=segment_kernel(impl, order.rank, kept, strict=True, block_size=block_size),
-        decoder=segment_kernel(impl, order.rank, order.rank, strict=False, block_size=block_size),
+        decoder=segment_kernel(impl, order.rank, order.rank, strict=False, block_size=block_size)
+        if decoder_self_attention else None,
     )
 
 
 # ------------------------------------------------------------------------------ timm blocks with other kernels
 
 
-def check_timm_blocks(blocks: nn.Module, why: str) -> None:
-    """Raise `ValueError` unless every block is a timm `Block` with a plain `Attention` (what the helpers run)."""
-    for i, blk in enumerate(blocks):
+def check_block_encoder(encoder: nn.Module, why: str) -> None:
+    """Raise `ValueError` unless `encoder` can run through `block_forward` with every token: each block a timm
+    `Block` with a plain `Attention` (what the helpers run), and no patch dropout.
+
+    Args:
+        encoder: a timm `VisionTransformer`.
+        why: the option that needs it and what to use otherwise, for the message.
+    """
+    for i, blk in enumerate(encoder.blocks):
         if type(blk) is not Block or type(blk.attn) is not Attention:
             raise ValueError(
                 f'{why} runs timm Block/Attention internals; block {i} is '
                 f'{type(blk).__name__}/{type(getattr(blk, "attn", None)).__name__}.')
+    if not isinstance(encoder.patch_drop, nn.Identity):
+        raise ValueError(f'{why} needs every token of the encoder: set patch_drop_rate=0.')
 
 
 def attention_forward(attn: Attention, x: torch.Tensor, attend: Union[AttendFn, torch.Tensor, None],

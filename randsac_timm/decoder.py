@@ -16,11 +16,10 @@ from typing import List, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import Attention, DropPath, LayerNorm, Mlp
 from torch.utils.checkpoint import checkpoint
 
-from .attention import AttendFn, attention_forward
+from .attention import AttendFn, DenseAttention, attention_forward
 
 __all__ = ['CrossAttention', 'DecoderBlock', 'SkipMemory', 'RandSACDecoder']
 
@@ -44,10 +43,8 @@ class CrossAttention(nn.Module):
         B, N, D = x.shape
         q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
         k, v = self.kv(memory).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, h, M, hd)
-        if callable(attn_mask):
-            x = attn_mask(q, k, v)
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        attend = attn_mask if callable(attn_mask) else DenseAttention(attn_mask)
+        x = attend(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 

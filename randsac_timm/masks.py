@@ -13,7 +13,18 @@ from typing import Optional
 
 import torch
 
-__all__ = ['SegmentMasks', 'build_masks', 'causal_segment_mask', 'memory_mask', 'loss_mask']
+__all__ = ['SegmentMasks', 'build_masks', 'causal_segment_mask', 'memory_mask', 'loss_mask', 'causal_rule',
+           'memory_rule']
+
+
+def causal_rule(query_rank: torch.Tensor, key_rank: torch.Tensor) -> torch.Tensor:
+    """Elementwise (broadcasting) causal rule: a key of the query's own or an earlier segment."""
+    return key_rank <= query_rank
+
+
+def memory_rule(query_rank: torch.Tensor, key_rank: torch.Tensor) -> torch.Tensor:
+    """Elementwise (broadcasting) memory rule: a strictly earlier key; the first segment reads itself."""
+    return (key_rank < query_rank) | ((query_rank == 0) & (key_rank == 0))
 
 
 def causal_segment_mask(rank: torch.Tensor, key_rank: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -29,7 +40,7 @@ def causal_segment_mask(rank: torch.Tensor, key_rank: Optional[torch.Tensor] = N
         (its own segment and every earlier one). With keys == queries the diagonal is always True.
     """
     key_rank = rank if key_rank is None else key_rank
-    return (key_rank.unsqueeze(1) <= rank.unsqueeze(2)).unsqueeze(1)
+    return causal_rule(rank.unsqueeze(2), key_rank.unsqueeze(1)).unsqueeze(1)
 
 
 def memory_mask(rank: torch.Tensor, key_rank: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -45,8 +56,7 @@ def memory_mask(rank: torch.Tensor, key_rank: Optional[torch.Tensor] = None) -> 
         this their rows would be fully masked and fused attention returns NaN rows on some backends.
     """
     key_rank = rank if key_rank is None else key_rank
-    q, k = rank.unsqueeze(2), key_rank.unsqueeze(1)
-    return ((k < q) | ((q == 0) & (k == 0))).unsqueeze(1)
+    return memory_rule(rank.unsqueeze(2), key_rank.unsqueeze(1)).unsqueeze(1)
 
 
 def loss_mask(rank: torch.Tensor, include_first_segment: bool = False) -> torch.Tensor:

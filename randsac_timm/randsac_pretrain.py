@@ -30,7 +30,7 @@ import torch.nn as nn
 from timm.models import VisionTransformer, register_model
 from torch.utils.checkpoint import checkpoint
 
-from .attention import ATTN_IMPLS, block_forward, check_timm_blocks, sorted_plan
+from .attention import ATTN_IMPLS, block_forward, check_block_encoder, sorted_plan
 from .decoder import RandSACDecoder
 from .losses import masked_mse, pixel_target
 from .masks import build_masks
@@ -109,10 +109,7 @@ class RandSACPretrain(nn.Module):
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f'attn_impl={attn_impl!r} is not one of {", ".join(map(repr, ATTN_IMPLS))}')
         if attn_impl != 'dense':
-            check_timm_blocks(encoder.blocks, f'attn_impl={attn_impl!r} (use attn_impl="dense" otherwise)')
-            if not isinstance(encoder.patch_drop, nn.Identity):
-                raise ValueError(f'attn_impl={attn_impl!r} reorders every token: set patch_drop_rate=0 or use '
-                                 'attn_impl="dense".')
+            check_block_encoder(encoder, f'attn_impl={attn_impl!r} (use attn_impl="dense" otherwise)')
         if attn_block_size is not None and attn_block_size < 1:
             raise ValueError(f'attn_block_size must be >= 1 (or None for the default), got {attn_block_size}')
         self.attn_impl = attn_impl
@@ -240,10 +237,11 @@ class RandSACPretrain(nn.Module):
         same keys; only key blocks that every query of a block may not read are skipped.
         """
         B = images.shape[0]
-        plan = sorted_plan(rank, self.attn_impl, self.attn_block_size)  # once per step, shared by every layer
+        two_stream = self.decoder_kind == 'two_stream'
+        # once per step, shared by every layer; the two-stream query stream has no self-attention kernel to build
+        plan = sorted_plan(rank, self.attn_impl, self.attn_block_size, decoder_self_attention=not two_stream)
         order = plan.order
         x = order.gather(first_block_input(self.encoder, images), order.keep_tokens)
-        two_stream = self.decoder_kind == 'two_stream'
         # the two-stream query stream reads block inputs, so the last block's output is never needed
         blocks = self.encoder.blocks[:-1] if two_stream else self.encoder.blocks
         hidden = [x] if two_stream else []

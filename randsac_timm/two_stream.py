@@ -30,7 +30,7 @@ from timm.models import VisionTransformer
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
-from .attention import AttendFn, block_forward, check_timm_blocks
+from .attention import AttendFn, block_forward, check_block_encoder
 
 __all__ = ['first_block_input', 'content_stream_inputs', 'two_stream_block', 'check_two_stream_encoder',
            'TwoStreamHead']
@@ -78,9 +78,7 @@ def content_stream_inputs(
 
 def check_two_stream_encoder(encoder: VisionTransformer) -> None:
     """Raise `ValueError` unless every block is a timm `Block` with a plain `Attention` and no token is dropped."""
-    check_timm_blocks(encoder.blocks, 'the two-stream decoder (use decoder="skip" otherwise)')
-    if not isinstance(encoder.patch_drop, nn.Identity):
-        raise ValueError('the two-stream decoder needs every token in the content stream: set patch_drop_rate=0.')
+    check_block_encoder(encoder, 'the two-stream decoder (use decoder="skip" otherwise)')
 
 
 def two_stream_block(blk: Block, query: torch.Tensor, content: torch.Tensor,
