@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import randsac_timm  # noqa: F401
+from randsac_timm.attention import sorted_plan
 from randsac_timm.distributed import select_attention_backends
 from randsac_timm.losses import masked_mse, pixel_target
 from randsac_timm.masks import build_masks
@@ -168,8 +169,14 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
         n = 50
 
         def masks_only():
-            build_masks(sample_rank(model.segments, batch_size, model.grid_size, generator=torch.Generator(
-                device=device).manual_seed(0), device=device))
+            # what this mode's step builds: the dense masks, or the sorted layout and its kernels
+            rank = sample_rank(model.segments, batch_size, model.grid_size, generator=torch.Generator(
+                device=device).manual_seed(0), device=device)
+            if model.attn_impl == 'dense':
+                build_masks(rank)
+            else:
+                sorted_plan(rank, model.attn_impl, model.attn_block_size,
+                            decoder_self_attention=model.decoder_kind != 'two_stream')
 
         masks_only()
         _sync(device)
