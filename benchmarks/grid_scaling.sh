@@ -4,5 +4,5 @@
 set -eu
 for size in 32 56 64; do
   python benchmarks/throughput.py --encoders randsac_vit_micro_patch4_32 --img-size $size --batch-size 64 \
-    --modes timm randsac randsac_sparse nomask --steps 3 --warmup 2 --json benchmarks/results/grid_scaling_${size}.json
+    --modes timm randsac randsac_sparse nomask --steps 6 --warmup 2 --json benchmarks/results/grid_scaling_${size}.json
 done

@@ -6,7 +6,9 @@
         --modes timm randsac randsac_sparse randsac_flex nomask mae
     python benchmarks/throughput.py --compile ...                     # the same with torch.compile on each step
 
-For each encoder it times, after warm-up, repeated full training steps (forward, backward, AdamW) of:
+For each encoder it times full training steps (forward, backward, AdamW) of the modes below, all built side by
+side in one process and run in turns (a b c d, a b c d, ...) after `--warmup` untimed steps each, so that every
+ratio compares steps taken under the same conditions:
   (a) timm  : the encoder as a supervised timm VisionTransformer (linear head, cross-entropy);
   (b) randsac: the RandSAC pretraining step (serialization + masks + encoder + decoder + loss), dense masks
       in raster order (`attn_impl='dense'`, the reference);
@@ -22,15 +24,18 @@ step's count, the model's FLOPs), achieved FLOP/s, the share of (b) spent sampli
 masks, and the ratios (b)/(c) step time, FLOP/s of (b) over (a), and peak memory (b)/(c); the same ratios of
 the sparse path carry a `_sparse` suffix (`_flex` for FlexAttention).
 
-Peak memory: CUDA's max_memory_allocated above what is allocated before the timed steps (weights, optimizer
-state, inputs); on CPU the growth of the process's peak resident set from just before the first step (weights and
-inputs exist) to the end (each configuration runs in its own subprocess so earlier ones do not mask it).
+Peak memory, FLOPs and the compile step are measured apart from the timing, one configuration at a time over
+its first steps: CUDA's max_memory_allocated above what is allocated before them (weights, inputs); on CPU the
+growth of the process's peak resident set from just before the first step to the end, each configuration in its
+own subprocess so that earlier ones do not mask it. On CPU the timing runs in a subprocess too, `--repeats`
+times; a step time is the median over every timed step of those runs.
 """
 import argparse
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -130,13 +135,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device, amp: bool, compile: bool,
-            warmup: int, steps: int, segments: Optional[str], img_size: Optional[int] = None) -> Dict[str, Any]:
-    """Time one configuration in this process."""
+def profile_mode(mode: str, encoder_name: str, batch_size: int, device: torch.device, amp: bool, compile: bool,
+                 segments: Optional[str], img_size: Optional[int] = None) -> Dict[str, Any]:
+    """What one configuration costs apart from time: FLOPs, peak memory, the compile step, the masks' share.
+
+    On CPU each configuration runs this in its own process, so that the peak resident set belongs to it alone.
+    """
     step = _step_fn(mode, encoder_name, batch_size, device, amp, compile, segments, img_size)
     # CPU: peak RSS growth from here (model, optimizer and inputs exist; activations, gradients and optimizer
-    # state of the first steps do not yet) to the end of the timed steps
+    # state of the first steps do not yet) to the end of the steps below
     rss_before_steps = _current_rss_bytes() if device.type != 'cuda' else 0
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     # counted eagerly: compiled graphs hide their ops from the counter
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         step(eager=True)
@@ -146,24 +157,13 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
     step()  # with --compile: the step that compiles
     _sync(device)
     first_step_s = time.perf_counter() - t0
-    for _ in range(max(warmup - 2, 0)):
-        step()
+    step()  # a steady-state step (optimizer state exists from the first one)
     _sync(device)
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = rss_before_steps
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    step_s = (time.perf_counter() - start) / steps
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else _peak_rss_bytes()) - base
+    peak = (torch.cuda.max_memory_allocated(device) - base if device.type == 'cuda'
+            else _peak_rss_bytes() - rss_before_steps)
     model = step.model  # type: ignore[attr-defined]
     grid = tuple(model.grid_size) if hasattr(model, 'grid_size') else tuple(model.patch_embed.grid_size)
-    result = dict(mode=mode, encoder=encoder_name, batch_size=batch_size, grid=list(grid), step_ms=step_s * 1e3,
-                  images_per_s=batch_size / step_s, flops_per_step=flops, achieved_tflops=flops / step_s / 1e12,
+    result = dict(mode=mode, encoder=encoder_name, batch_size=batch_size, grid=list(grid), flops_per_step=flops,
                   peak_memory_mb=max(peak, 0) / 2**20, compile=compile, first_step_s=first_step_s)
     if mode in ATTN_IMPL:
         n = 50
@@ -189,18 +189,45 @@ def measure(mode: str, encoder_name: str, batch_size: int, device: torch.device,
     return result
 
 
-def _run_isolated(args: argparse.Namespace, mode: str, encoder: str) -> Optional[Dict[str, Any]]:
-    """Each CPU configuration in its own process, so peak-RSS growth belongs to that configuration alone."""
-    cmd = [sys.executable, os.path.abspath(__file__), '--_one', mode, '--encoders', encoder,
+def time_modes(modes: List[str], encoder_name: str, batch_size: int, device: torch.device, amp: bool,
+               compile: bool, warmup: int, steps: int, segments: Optional[str],
+               img_size: Optional[int] = None) -> Dict[str, List[float]]:
+    """Step times in milliseconds of every mode, built side by side in this process and run in turns.
+
+    Every round runs each mode's step once (a b c d, a b c d, ...), so a slow spell of a shared machine, or a
+    process that happens to be slower as a whole (its memory placement, its cores), hits all modes alike: the
+    ratios compare steps measured under the same conditions. (Run in separate processes, the same step on this
+    2-core machine varied by up to 15 % from one process to the next.)
+    """
+    fns = {mode: _step_fn(mode, encoder_name, batch_size, device, amp, compile, segments, img_size)
+           for mode in modes}
+    for fn in fns.values():
+        for _ in range(warmup):  # with --compile the first of these compiles
+            fn()
+    times: Dict[str, List[float]] = {mode: [] for mode in modes}
+    for _ in range(steps):
+        for mode, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[mode].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _child(args: argparse.Namespace, extra: List[str]) -> Optional[Any]:
+    """Run this script in a fresh process with the same settings; its last stdout line is JSON."""
+    cmd = [sys.executable, os.path.abspath(__file__), '--encoders', args.encoders[0],
            '--batch-size', str(args.batch_size), '--device', args.device, '--warmup', str(args.warmup),
-           '--steps', str(args.steps)]
+           '--steps', str(args.steps)] + extra
     cmd += ['--amp'] if args.amp else []
     cmd += ['--compile'] if args.compile else []
     cmd += ['--segments', args.segments] if args.segments else []
     cmd += ['--img-size', str(args.img_size)] if args.img_size else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        print(f'  {mode} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}')
+        print(f'  {" ".join(extra)} failed: '
+              f'{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}')
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -220,20 +247,27 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--img-size', type=int, default=None,
                         help='input size for every model (grid = img-size / patch), e.g. 56 -> 14x14 with patch 4')
     parser.add_argument('--modes', nargs='+', default=list(DEFAULT_MODES), choices=MODES)
-    parser.add_argument('--repeats', type=int, default=1, help='runs per mode, taking turns; the median is reported')
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=1,
+                        help='timing processes (CPU) or passes (CUDA), each running every mode in turns; a step '
+                             "time is the median over all of them")
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps of each mode before the timed rounds')
+    parser.add_argument('--steps', type=int, default=5, help='timed rounds, each running every mode once')
     parser.add_argument('--json', default=None, help='write the figures here as JSON')
     parser.add_argument('--cudnn-attention', action='store_true',
                         help="allow PyTorch's cuDNN attention on CUDA (off, as in train_pretrain.py)")
     parser.add_argument('--_one', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--_timing', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     select_attention_backends(device, args.cudnn_attention)  # the kernels training uses
 
-    if args._one:  # child process: one configuration, JSON on the last line
-        print(json.dumps(measure(args._one, args.encoders[0], args.batch_size, device, args.amp, args.compile,
-                                 args.warmup, args.steps, args.segments, args.img_size)))
+    if args._one:  # child process: one configuration's FLOPs and memory, JSON on the last line
+        print(json.dumps(profile_mode(args._one, args.encoders[0], args.batch_size, device, args.amp, args.compile,
+                                      args.segments, args.img_size)))
+        return {}
+    if args._timing:  # child process: every mode's step times, in turns
+        print(json.dumps(time_modes(args.modes, args.encoders[0], args.batch_size, device, args.amp, args.compile,
+                                    args.warmup, args.steps, args.segments, args.img_size)))
         return {}
 
     hardware = (torch.cuda.get_device_name(device) if device.type == 'cuda'
@@ -245,22 +279,30 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                   flops='torch.utils.flop_counter (+ the CPU attention kernel), forward+backward',
                                   results={})
     for encoder in args.encoders:
-        runs: Dict[str, List[Dict[str, Any]]] = {}
-        # the modes take turns (a b c d, a b c d, ...) so that a slow spell of a shared machine hits them alike;
-        # each mode's row is its median run by step time
+        modes = [mode for mode in args.modes if _available(mode, encoder)]
+        if device.type == 'cuda':
+            profiles = {}
+            for mode in modes:
+                profiles[mode] = profile_mode(mode, encoder, args.batch_size, device, args.amp, args.compile,
+                                              args.segments, args.img_size)
+                torch.cuda.empty_cache()
+        else:
+            one = argparse.Namespace(**{**vars(args), 'encoders': [encoder]})
+            profiles = {mode: _child(one, ['--_one', mode]) for mode in modes}
+        modes = [mode for mode in modes if profiles[mode] is not None]  # e.g. flex has no CPU backward
+        timings = []
         for _ in range(args.repeats):
-            for mode in args.modes:
-                if not _available(mode, encoder):
-                    continue
-                if device.type == 'cuda':
-                    run = measure(mode, encoder, args.batch_size, device, args.amp, args.compile, args.warmup,
-                                  args.steps, args.segments, args.img_size)
-                    torch.cuda.empty_cache()
-                else:
-                    run = _run_isolated(args, mode, encoder)
-                if run is not None:
-                    runs.setdefault(mode, []).append(run)
-        rows = {mode: _median_run(r) for mode, r in runs.items()}
+            if device.type == 'cuda':
+                timings.append(time_modes(modes, encoder, args.batch_size, device, args.amp, args.compile,
+                                          args.warmup, args.steps, args.segments, args.img_size))
+                torch.cuda.empty_cache()
+            else:
+                timing = _child(one, ['--_timing', '--modes', *modes])
+                if timing is not None:
+                    timings.append(timing)
+        if not modes or not timings:
+            continue
+        rows = _rows(profiles, timings, args.batch_size)
         ratios = _ratios(rows)
         report['results'][encoder] = dict(rows=rows, **ratios)
         _print_table(encoder, rows, ratios, hardware)
@@ -271,10 +313,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     return report
 
 
-def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    ordered = sorted(runs, key=lambda r: r['step_ms'])
-    return dict(ordered[(len(ordered) - 1) // 2], step_ms_runs=[r['step_ms'] for r in runs],
-                peak_memory_mb_runs=[r['peak_memory_mb'] for r in runs])
+def _rows(profiles: Dict[str, Any], timings: List[Dict[str, List[float]]], batch_size: int) -> Dict[str, Any]:
+    """One row per mode: its profile, and its median step time over every timed step of every timing run."""
+    rows = {}
+    for mode in timings[0]:
+        step_ms = statistics.median([ms for timing in timings for ms in timing[mode]])
+        rows[mode] = dict(profiles[mode], step_ms=step_ms, images_per_s=batch_size / step_ms * 1e3,
+                          achieved_tflops=profiles[mode]['flops_per_step'] / step_ms * 1e3 / 1e12,
+                          step_ms_all=[round(ms, 2) for timing in timings for ms in timing[mode]])
+    return rows
 
 
 def _ratios(rows: Dict[str, Any]) -> Dict[str, float]:
