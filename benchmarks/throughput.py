@@ -56,6 +56,7 @@ from randsac_timm.segments import sample_rank
 MODES = ('timm', 'randsac', 'randsac_sparse', 'randsac_flex', 'nomask', 'mae')
 DEFAULT_MODES = ('timm', 'randsac', 'randsac_sparse', 'nomask', 'mae')  # flex has no CPU backward
 ATTN_IMPL = {'randsac': 'dense', 'randsac_sparse': 'sparse', 'randsac_flex': 'flex'}
+EAGER = ':eager'  # key suffix of a compiled mode's eager step times
 
 
 def _current_rss_bytes() -> int:
@@ -194,24 +195,26 @@ def time_modes(modes: List[str], encoder_name: str, batch_size: int, device: tor
                img_size: Optional[int] = None) -> Dict[str, List[float]]:
     """Step times in milliseconds of every mode, built side by side in this process and run in turns.
 
-    Every round runs each mode's step once (a b c d, a b c d, ...), so a slow spell of a shared machine, or a
-    process that happens to be slower as a whole (its memory placement, its cores), hits all modes alike: the
-    ratios compare steps measured under the same conditions. (Run in separate processes, the same step on this
-    2-core machine varied by up to 15 % from one process to the next.)
+    Every round runs each mode's step once (a b c d, a b c d, ...; with `compile`, each mode's eager step too),
+    so a slow spell of a shared machine, or a process that happens to be slower as a whole (its memory placement,
+    its cores), hits all modes alike: the ratios compare steps measured under the same conditions. (Run in
+    separate processes, the same step on this 2-core machine varied by up to 15 % from one process to the next.)
     """
     fns = {mode: _step_fn(mode, encoder_name, batch_size, device, amp, compile, segments, img_size)
            for mode in modes}
-    for fn in fns.values():
+    # with compile, each mode also runs its eager step in the same turns: the compile gain, measured alike
+    runs = [(mode, False) for mode in modes] + ([(mode, True) for mode in modes] if compile else [])
+    for mode, eager in runs:
         for _ in range(warmup):  # with --compile the first of these compiles
-            fn()
-    times: Dict[str, List[float]] = {mode: [] for mode in modes}
+            fns[mode](eager=eager)
+    times: Dict[str, List[float]] = {mode + (EAGER if eager else ''): [] for mode, eager in runs}
     for _ in range(steps):
-        for mode, fn in fns.items():
+        for mode, eager in runs:
             _sync(device)
             t0 = time.perf_counter()
-            fn()
+            fns[mode](eager=eager)
             _sync(device)
-            times[mode].append((time.perf_counter() - t0) * 1e3)
+            times[mode + (EAGER if eager else '')].append((time.perf_counter() - t0) * 1e3)
     return times
 
 
@@ -316,11 +319,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 def _rows(profiles: Dict[str, Any], timings: List[Dict[str, List[float]]], batch_size: int) -> Dict[str, Any]:
     """One row per mode: its profile, and its median step time over every timed step of every timing run."""
     rows = {}
-    for mode in timings[0]:
+    for mode in profiles:
+        if mode not in timings[0]:
+            continue
         step_ms = statistics.median([ms for timing in timings for ms in timing[mode]])
         rows[mode] = dict(profiles[mode], step_ms=step_ms, images_per_s=batch_size / step_ms * 1e3,
                           achieved_tflops=profiles[mode]['flops_per_step'] / step_ms * 1e3 / 1e12,
                           step_ms_all=[round(ms, 2) for timing in timings for ms in timing[mode]])
+        if mode + EAGER in timings[0]:  # compiled run: the same mode's eager steps, taken in the same turns
+            rows[mode]['eager_step_ms'] = statistics.median([ms for t in timings for ms in t[mode + EAGER]])
+            rows[mode]['compiled_over_eager_speed'] = rows[mode]['eager_step_ms'] / step_ms
     return rows
 
 

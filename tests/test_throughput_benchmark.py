@@ -54,3 +54,11 @@ def test_rows_and_ratios_follow_the_timed_steps(throughput):
     assert ratios['mask_share'] == pytest.approx(profiles['randsac']['masks_ms'] / 4.5)
     assert ratios['flops_ratio_vs_timm'] == pytest.approx(
         profiles['randsac']['flops_per_step'] / 4.5 / (profiles['timm']['flops_per_step'] / 2.0))
+
+
+def test_compiled_rows_carry_their_eager_steps(throughput):
+    profiles = {'randsac': dict(flops_per_step=10.0, masks_ms=0.1, first_step_s=5.0)}
+    timings = [{'randsac': [2.0, 2.0, 4.0], 'randsac' + throughput.EAGER: [3.0, 3.0, 1.0]}]
+    row = throughput._rows(profiles, timings, batch_size=4)['randsac']
+    assert row['step_ms'] == 2.0 and row['eager_step_ms'] == 3.0
+    assert row['compiled_over_eager_speed'] == pytest.approx(1.5)
