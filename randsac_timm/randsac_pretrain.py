@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import ATTN_IMPLS, block_forward, check_block_encoder, sorted_plan
 from .decoder import RandSACDecoder
 from .losses import masked_mse, pixel_target
-from .masks import build_masks
+from .masks import additive_mask, attention_dtype, build_masks
 from .masks import loss_mask as loss_mask_of
 from .randsac_vit import sincos_pos_embed
 from .segments import SegmentSpec, parse_segments, sample_rank
@@ -224,11 +224,15 @@ class RandSACPretrain(nn.Module):
     def _forward_dense(self, images: torch.Tensor, grid_size: Tuple[int, int], masks) -> torch.Tensor:
         """Raster order, (B, 1, N, N) masks; the encoder through timm's `forward_intermediates`."""
         B = images.shape[0]
+        # the boolean masks as additive biases, once per step: every layer then shares one tensor instead of SDPA
+        # converting (and saving for backward) its own copy in each call
+        dtype = attention_dtype(self.encoder.patch_embed.proj.weight)
+        causal, memory = additive_mask(masks.causal, dtype), additive_mask(masks.memory, dtype)
         if self.decoder_kind == 'two_stream':
-            content = content_stream_inputs(self.encoder, images, masks.causal)
-            return self.decoder(self._queries(grid_size, B, content[0]), content, self.encoder.blocks, masks.memory)
-        _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=masks.causal)
-        return self.decoder(self._queries(grid_size, B, hidden[-1]), hidden, masks.causal, masks.memory)
+            content = content_stream_inputs(self.encoder, images, causal)
+            return self.decoder(self._queries(grid_size, B, content[0]), content, self.encoder.blocks, memory)
+        _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=causal)
+        return self.decoder(self._queries(grid_size, B, hidden[-1]), hidden, causal, memory)
 
     def _forward_sorted(self, images: torch.Tensor, grid_size: Tuple[int, int], rank: torch.Tensor) -> torch.Tensor:
         """Tokens sorted by rank, the last segment cut from the encoder input, block-sparse kernels.

@@ -1,7 +1,9 @@
 import pytest
+import timm
 import torch
+import torch.nn.functional as F
 
-from randsac_timm.masks import build_masks, causal_segment_mask, loss_mask, memory_mask
+from randsac_timm.masks import additive_mask, build_masks, causal_segment_mask, loss_mask, memory_mask
 from randsac_timm.segments import sample_rank
 
 STRATEGIES = ['raster', 'random', 'square:16', 'square:16-4', 'blob:7', 'blob:11-5', 'blob:11-7-3', 'shuffle:7']
@@ -52,3 +54,48 @@ def test_loss_mask_skips_first_segment_unless_asked():
 def test_masks_reject_wrong_rank_shape():
     with pytest.raises(ValueError, match='rank must be'):
         build_masks(torch.zeros(64, dtype=torch.long))
+
+
+def test_additive_mask_is_what_sdpa_makes_of_the_bool_mask():
+    rank = sample_rank('blob:11-5', 4, (8, 8), generator=torch.Generator().manual_seed(0))
+    masks = build_masks(rank)
+    q, k, v = torch.randn(3, 4, 2, 64, 16, generator=torch.Generator().manual_seed(1)).unbind(0)
+    for mask in (masks.causal, masks.memory):
+        bias = additive_mask(mask, torch.float32)
+        assert torch.equal(bias == 0, mask) and torch.isinf(bias[~mask]).all()
+        assert torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
+                           F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    with pytest.raises(TypeError, match='bool'):
+        additive_mask(additive_mask(masks.causal, torch.float32), torch.float32)
+
+
+def _saved_square_masks(model, images, rank):
+    """Distinct (B, 1, N, N) tensors that one dense forward keeps for its backward pass."""
+    n = rank.shape[1]
+    seen = set()
+
+    def pack(t):
+        if t.dim() == 4 and t.shape[1] == 1 and t.shape[-2:] == (n, n):
+            seen.add(t.untyped_storage().data_ptr())
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images, rank=rank)
+    return len(seen)
+
+
+@pytest.mark.parametrize('decoder', ['skip', 'plain', 'two_stream'])
+def test_dense_step_keeps_one_copy_of_each_mask_whatever_the_depth(decoder):
+    # SDPA given a bool mask converts it in every call and saves each copy for backward (one per layer);
+    # the model converts once per step, so the causal and the memory mask are kept once each
+    for depth in (2, 4):
+        model = timm.create_model('randsac_pretrain_vit_micro_patch4_32', depth=depth, decoder=decoder)
+        rank = sample_rank(model.segments, 2, model.grid_size, generator=torch.Generator().manual_seed(0))
+        assert _saved_square_masks(model, torch.randn(2, 1, 32, 32), rank) == 2
+
+
+def test_dense_step_under_cpu_autocast_runs_in_bf16():
+    model = timm.create_model('randsac_pretrain_vit_micro_patch4_32', depth=2)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(torch.randn(2, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert out.pred.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    out.loss.backward()

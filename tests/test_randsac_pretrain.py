@@ -145,8 +145,10 @@ def test_wrapper_reaches_encoder_only_through_forward_intermediates(fmnist_batch
 
     encoder.forward_intermediates = spy
     out = model(fmnist_batch[:2])
-    assert len(seen) == 1 and seen[0].shape == (2, 1, 64, 64) and seen[0].dtype == torch.bool
-    assert torch.equal(seen[0][:, 0], out.rank[:, None, :] <= out.rank[:, :, None])
+    # the causal mask as SDPA's additive bias (0 = may attend, -inf = may not), in the encoder's dtype
+    assert len(seen) == 1 and seen[0].shape == (2, 1, 64, 64) and seen[0].dtype == torch.float32
+    assert torch.equal(seen[0][:, 0] == 0, out.rank[:, None, :] <= out.rank[:, :, None])
+    assert torch.isneginf(seen[0][seen[0] != 0]).all()
 
 
 def test_wrapper_overfits_one_real_batch(fmnist_batch):
