@@ -21,7 +21,7 @@ timm's `Block` only takes a mask tensor, so `block_forward` / `attention_forward
 the only code in the package that reaches into timm's block internals; `check_block_encoder` makes a timm
 change fail loudly instead of silently.
 """
-from typing import Callable, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block
 
-from .masks import causal_rule, causal_segment_mask, memory_mask, memory_rule
+from .masks import additive_mask, causal_rule, causal_segment_mask, memory_mask, memory_rule
 
 __all__ = [
     'ATTN_IMPLS', 'AttendFn', 'DenseAttention', 'BlockSparseAttention', 'FlexBlockAttention', 'SortedSegments',
@@ -45,13 +45,22 @@ AttendFn = Callable[..., torch.Tensor]
 
 
 class DenseAttention:
-    """The reference kernel: SDPA with a full boolean mask, `(B, 1, N, M)`, True = may attend."""
+    """The reference kernel: SDPA with a full mask `(B, 1, N, M)`: bool (True = may attend) or an additive bias.
+
+    A bool mask becomes the additive bias on first use per dtype, shared by every layer that uses this kernel.
+    """
 
     def __init__(self, mask: Optional[torch.Tensor]):
         self.mask = mask
+        self._biases: Dict[torch.dtype, torch.Tensor] = {}
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout_p)
+        mask = self.mask
+        if mask is not None and mask.dtype == torch.bool:
+            if q.dtype not in self._biases:
+                self._biases[q.dtype] = additive_mask(mask, q.dtype)
+            mask = self._biases[q.dtype]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
 class BlockSparseAttention:
@@ -85,6 +94,17 @@ class BlockSparseAttention:
         self.blocks: List[Tuple[int, int, int, Optional[torch.Tensor]]] = [
             (s, min(s + block_size, Nq), b, None if f else r) for s, b, r, f in zip(starts, bounds, rects, full)]
         self.key_tokens = Nk
+        # each rectangle as SDPA's additive bias, converted on first use per dtype and shared by every layer
+        # (given the bool slice, SDPA would convert and save its own copy in each call)
+        self._biases: Dict[Tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def _bias(self, index: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        mask = self.blocks[index][3]
+        if mask is None:
+            return None
+        if (index, dtype) not in self._biases:
+            self._biases[index, dtype] = additive_mask(mask, dtype)
+        return self._biases[index, dtype]
 
     def visited_fraction(self) -> float:
         """Share of the dense `Nq x Nk` score matrix this plan computes (1.0 = dense)."""
@@ -96,9 +116,10 @@ class BlockSparseAttention:
     @torch.compiler.disable
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
         if len(self.blocks) == 1 and self.blocks[0][2] == k.shape[-2]:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.blocks[0][3], dropout_p=dropout_p)
-        out = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :b], v[:, :, :b], attn_mask=m, dropout_p=dropout_p)
-               for s, e, b, m in self.blocks]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(0, q.dtype), dropout_p=dropout_p)
+        out = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :b], v[:, :, :b], attn_mask=self._bias(i, q.dtype),
+                                              dropout_p=dropout_p)
+               for i, (s, e, b, _) in enumerate(self.blocks)]
         return torch.cat(out, dim=2)
 
 

@@ -69,13 +69,13 @@ def test_additive_mask_is_what_sdpa_makes_of_the_bool_mask():
         additive_mask(additive_mask(masks.causal, torch.float32), torch.float32)
 
 
-def _saved_square_masks(model, images, rank):
-    """Distinct (B, 1, N, N) tensors that one dense forward keeps for its backward pass."""
+def _saved_square_masks(model, images, rank, square=True):
+    """Distinct (B, 1, N, N) tensors (any (B, 1, *, *) with `square=False`) one forward keeps for backward."""
     n = rank.shape[1]
     seen = set()
 
     def pack(t):
-        if t.dim() == 4 and t.shape[1] == 1 and t.shape[-2:] == (n, n):
+        if t.dim() == 4 and t.shape[1] == 1 and (t.shape[-2:] == (n, n) or not square):
             seen.add(t.untyped_storage().data_ptr())
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -99,3 +99,13 @@ def test_dense_step_under_cpu_autocast_runs_in_bf16():
         out = model(torch.randn(2, 1, 32, 32), generator=torch.Generator().manual_seed(0))
     assert out.pred.dtype == torch.bfloat16 and torch.isfinite(out.loss)
     out.loss.backward()
+
+
+def test_sparse_step_keeps_its_mask_slices_once_whatever_the_depth():
+    counts = []
+    for depth in (2, 4):
+        model = timm.create_model('randsac_pretrain_vit_micro_patch4_32', depth=depth, attn_impl='sparse',
+                                  attn_block_size=16)
+        rank = sample_rank(model.segments, 2, model.grid_size, generator=torch.Generator().manual_seed(0))
+        counts.append(_saved_square_masks(model, torch.randn(2, 1, 32, 32), rank, square=False))
+    assert counts[0] == counts[1] > 0
