@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from randsac_timm.masks import causal_segment_mask
+from randsac_timm.masks import additive_mask, causal_segment_mask
 from randsac_timm.segments import sample_rank
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     rank = sample_rank('blob:11-5', args.batch_size, (args.grid, args.grid),
                        generator=torch.Generator().manual_seed(0)).to(device)
     bool_mask = causal_segment_mask(rank)
-    float_mask = torch.zeros(bool_mask.shape, device=device).masked_fill(~bool_mask, float('-inf'))
+    float_mask = additive_mask(bool_mask, torch.float32)
     report = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
                   batch_size=args.batch_size, tokens=args.grid ** 2, rows=[])
     for name, heads, head_dim in (('ViT-Tiny', 3, 64), ('micro', 4, 32)):

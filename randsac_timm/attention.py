@@ -44,23 +44,34 @@ ATTN_IMPLS = ('dense', 'sparse', 'flex')
 AttendFn = Callable[..., torch.Tensor]
 
 
-class DenseAttention:
-    """The reference kernel: SDPA with a full mask `(B, 1, N, M)`: bool (True = may attend) or an additive bias.
+class _SharedBiases:
+    """A kernel's bool masks as SDPA's additive biases, converted on first use per dtype, then reused.
 
-    A bool mask becomes the additive bias on first use per dtype, shared by every layer that uses this kernel.
+    A kernel object lives for one step and serves every layer; given a bool mask, SDPA would instead convert it
+    and save its own copy for backward in each call.
     """
+
+    def __init__(self):
+        self._cache: Dict[Tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def get(self, key: int, mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+        if mask is None or mask.dtype != torch.bool:  # no mask, or already a bias
+            return mask
+        if (key, dtype) not in self._cache:
+            self._cache[key, dtype] = additive_mask(mask, dtype)
+        return self._cache[key, dtype]
+
+
+class DenseAttention:
+    """The reference kernel: SDPA with a full mask `(B, 1, N, M)`: bool (True = may attend) or an additive bias."""
 
     def __init__(self, mask: Optional[torch.Tensor]):
         self.mask = mask
-        self._biases: Dict[torch.dtype, torch.Tensor] = {}
+        self._biases = _SharedBiases()
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-        mask = self.mask
-        if mask is not None and mask.dtype == torch.bool:
-            if q.dtype not in self._biases:
-                self._biases[q.dtype] = additive_mask(mask, q.dtype)
-            mask = self._biases[q.dtype]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self._biases.get(0, self.mask, q.dtype),
+                                              dropout_p=dropout_p)
 
 
 class BlockSparseAttention:
@@ -94,17 +105,7 @@ class BlockSparseAttention:
         self.blocks: List[Tuple[int, int, int, Optional[torch.Tensor]]] = [
             (s, min(s + block_size, Nq), b, None if f else r) for s, b, r, f in zip(starts, bounds, rects, full)]
         self.key_tokens = Nk
-        # each rectangle as SDPA's additive bias, converted on first use per dtype and shared by every layer
-        # (given the bool slice, SDPA would convert and save its own copy in each call)
-        self._biases: Dict[Tuple[int, torch.dtype], torch.Tensor] = {}
-
-    def _bias(self, index: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
-        mask = self.blocks[index][3]
-        if mask is None:
-            return None
-        if (index, dtype) not in self._biases:
-            self._biases[index, dtype] = additive_mask(mask, dtype)
-        return self._biases[index, dtype]
+        self._biases = _SharedBiases()  # each rectangle's bias, shared by every layer
 
     def visited_fraction(self) -> float:
         """Share of the dense `Nq x Nk` score matrix this plan computes (1.0 = dense)."""
@@ -116,10 +117,11 @@ class BlockSparseAttention:
     @torch.compiler.disable
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
         if len(self.blocks) == 1 and self.blocks[0][2] == k.shape[-2]:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(0, q.dtype), dropout_p=dropout_p)
-        out = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :b], v[:, :, :b], attn_mask=self._bias(i, q.dtype),
-                                              dropout_p=dropout_p)
-               for i, (s, e, b, _) in enumerate(self.blocks)]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self._biases.get(0, self.blocks[0][3], q.dtype),
+                                                  dropout_p=dropout_p)
+        out = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :b], v[:, :, :b],
+                                              attn_mask=self._biases.get(i, m, q.dtype), dropout_p=dropout_p)
+               for i, (s, e, b, m) in enumerate(self.blocks)]
         return torch.cat(out, dim=2)
 
 
