@@ -50,7 +50,7 @@ import randsac_timm  # noqa: F401
 from randsac_timm.attention import sorted_plan
 from randsac_timm.distributed import select_attention_backends
 from randsac_timm.losses import masked_mse, pixel_target
-from randsac_timm.masks import build_masks
+from randsac_timm.masks import additive_mask, attention_dtype, build_masks
 from randsac_timm.segments import sample_rank
 
 MODES = ('timm', 'randsac', 'randsac_sparse', 'randsac_flex', 'nomask', 'mae')
@@ -170,11 +170,16 @@ def profile_mode(mode: str, encoder_name: str, batch_size: int, device: torch.de
         n = 50
 
         def masks_only():
-            # what this mode's step builds: the dense masks, or the sorted layout and its kernels
+            # what this mode's step builds: the dense masks and their additive biases (in the dtype attention
+            # runs in), or the sorted layout and its kernels
             rank = sample_rank(model.segments, batch_size, model.grid_size, generator=torch.Generator(
                 device=device).manual_seed(0), device=device)
             if model.attn_impl == 'dense':
-                build_masks(rank)
+                masks = build_masks(rank)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    dtype = attention_dtype(model.encoder.patch_embed.proj.weight)
+                additive_mask(masks.causal, dtype)
+                additive_mask(masks.memory, dtype)
             else:
                 sorted_plan(rank, model.attn_impl, model.attn_block_size,
                             decoder_self_attention=model.decoder_kind != 'two_stream')
