@@ -44,6 +44,7 @@ __all__ = [
     "build_loader",
     "build_pretrain_transform",
     "canonical_dataset_name",
+    "check_crop_scale",
     "dataset_in_chans",
     "dataset_num_classes",
     "dataset_pad_to",
@@ -134,7 +135,9 @@ def dataset_num_classes(name: str, dataset: Optional[Dataset] = None) -> int:
 
 def dataset_pad_to(name: str, img_size: int) -> Optional[int]:
     """Padding rule: Fashion-MNIST at ``img_size == 32`` is zero-padded 28 -> 32 (2 pixels each side);
-    everything else returns None (the transforms then resize)."""
+    everything else returns None (the transforms then resize). Fashion-MNIST at its native ``img_size == 28``
+    (a 7x7 grid of 4x4 patches, no padding tokens) is neither padded nor resized: the eval transform's
+    ``Resize(28)`` returns a 28x28 image unchanged and the pretraining crop is cut from the 28x28 image."""
     if canonical_dataset_name(name) == "fashion_mnist" and img_size == 32:
         return 32
     return None
@@ -406,7 +409,12 @@ def build_pretrain_transform(
     hflip: float = 0.5,
 ) -> transforms.Compose:
     """Paper augmentation: [zero pad to ``pad_to``] -> RandomResizedCrop(bicubic) -> flip -> tensor ->
-    normalise. No colour jitter; grayscale stays 1 channel. Output: (C, img_size, img_size) float."""
+    normalise. No colour jitter; grayscale stays 1 channel. Output: (C, img_size, img_size) float.
+
+    ``scale``: range of the crop's area as a fraction of the (padded) image, the paper's (0.2, 1) by default;
+    ``--crop-scale`` sets it for pretraining. Raises ValueError unless ``0 < lo <= hi <= 1``.
+    """
+    check_crop_scale(scale)
     ops: List[Callable] = [PadTo(pad_to)] if pad_to else []
     ops += [
         transforms.RandomResizedCrop(
@@ -417,6 +425,20 @@ def build_pretrain_transform(
         transforms.Normalize(mean, std),
     ]
     return transforms.Compose(ops)
+
+
+def check_crop_scale(scale: Sequence[float]) -> Tuple[float, float]:
+    """``scale`` as a (lo, hi) tuple of floats; ValueError naming the value unless ``0 < lo <= hi <= 1``."""
+    values = tuple(scale)
+    # torchvision only warns on lo > hi and crops nothing sensible for lo <= 0 or hi > 1
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or not (
+        0 < values[0] <= values[1] <= 1
+    ):
+        raise ValueError(
+            f"crop scale (--crop-scale) {values!r} is not accepted: expected two numbers LO HI with 0 < LO <= HI <= 1 "
+            "(the crop's share of the image area), e.g. 0.2 1.0"
+        )
+    return float(values[0]), float(values[1])
 
 
 def build_eval_transform(

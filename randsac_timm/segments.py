@@ -9,8 +9,11 @@ Spec strings use the paper's notation and select a strategy everywhere:
 
 - ``raster`` (alias ``patch-raster``): each token its own segment, raster order.
 - ``random`` (alias ``patch-random``): each token its own segment, random order per sample.
-- ``square:K``: K squares of ``M x M`` tokens (``M*M*K = h*w``), random order; ``square:16-4`` groups them
-  hierarchically.
+- ``square:K``: K squares of ``M x M`` tokens, random order; ``square:16-4`` groups them hierarchically. The
+  squares are laid from the top-left token and clipped at the bottom and right border, with the smallest side M
+  that gives ``ceil(h/M) * ceil(w/M) == K`` (8x8: K in 64, 16, 9, 4, 1; 7x7: K in 49, 16, 9, 4, 1). Deviation: the
+  paper only uses grids that M divides ("a grid of 13x13 can not be divided into any kind of squares"); on such
+  grids the result is the paper's, on others the last row and column of squares are narrower strips.
 - ``blob:K``: K random Gaussians, each token goes to the most likely one; ``blob:11-5``, ``blob:11-7-3`` hierarchical.
 - ``shuffle:K``: blob(K) segment sizes, tokens randomly reassigned (spatial coherence destroyed).
 
@@ -329,9 +332,27 @@ def _rand(shape: Tuple[int, ...], generator: Optional[torch.Generator], device: 
     return torch.rand(shape, generator=generator, device=src).to(device)
 
 
-def _valid_square_counts(grid_size: Tuple[int, int]) -> List[int]:
+def _square_count(grid_size: Tuple[int, int], side: int) -> int:
     h, w = grid_size
-    return [h * w // (m * m) for m in range(1, min(h, w) + 1) if h % m == 0 and w % m == 0]
+    return -(-h // side) * -(-w // side)  # ceil(h / side) * ceil(w / side): border squares are clipped, not dropped
+
+
+def _valid_square_counts(grid_size: Tuple[int, int]) -> List[int]:
+    return sorted({_square_count(grid_size, m) for m in range(1, max(grid_size) + 1)}, reverse=True)
+
+
+def _square_side(grid_size: Tuple[int, int], count: int) -> Optional[int]:
+    """Smallest side M whose clipped tiling has ``count`` squares, or None.
+
+    Several sides can give the same count (7x7: sides 4, 5 and 6 all give 2x2 squares); the smallest one clips the
+    least, so the border squares are the least thin (7 -> 4 + 3 rather than 6 + 1). A balanced split (10 -> 3, 3, 2, 2
+    instead of 3, 3, 3, 1) would make squares of mixed sizes inside the grid and break the nesting of hierarchy
+    levels (3, 3, 2, 2 is not inside 5, 5), so the clipping is kept at the border.
+    """
+    for m in range(1, max(grid_size) + 1):
+        if _square_count(grid_size, m) == count:
+            return m
+    return None
 
 
 def _square_sides(spec: SegmentSpec, grid_size: Tuple[int, int]) -> List[int]:
@@ -339,13 +360,17 @@ def _square_sides(spec: SegmentSpec, grid_size: Tuple[int, int]) -> List[int]:
     h, w = grid_size
     sides = []
     for k in spec.counts:
-        m = math.isqrt(h * w // k) if h * w % k == 0 else 0
-        if m == 0 or m * m * k != h * w or h % m or w % m:
+        m = _square_side(grid_size, k)
+        if m is None:
             raise ValueError(
-                f'segment spec {str(spec)!r}: {k} squares do not tile grid {h}x{w} (M*M*K must equal h*w with M '
-                f'dividing h and w); valid square counts for {h}x{w}: {_valid_square_counts((h, w))}'
+                f'segment spec {str(spec)!r}: {k} squares do not tile grid {h}x{w} (squares of side M, clipped at the '
+                f'border, give ceil(h/M) * ceil(w/M) squares); valid square counts for {h}x{w}: '
+                f'{_valid_square_counts((h, w))}'
             )
-        if sides and m % sides[-1]:
+        # both tilings start at the top-left token and are clipped by the same border, so a coarse square holds
+        # whole fine squares iff every coarse boundary inside the grid is a fine one (always true when the side is a
+        # multiple; also true for one coarse square spanning an axis)
+        if sides and any(edge % sides[-1] for size in (h, w) for edge in range(m, size, m)):
             raise ValueError(
                 f'segment spec {str(spec)!r} on grid {h}x{w}: coarse squares of side {m} do not contain whole squares '
                 f'of side {sides[-1]}; pick counts whose square sides are multiples, e.g. square:16-4 on 8x8'
@@ -355,11 +380,11 @@ def _square_sides(spec: SegmentSpec, grid_size: Tuple[int, int]) -> List[int]:
 
 
 def _square_labels(grid_size: Tuple[int, int], side: int, device: torch.device) -> torch.Tensor:
-    """(N,) int64 raster index of the side x side square owning each token."""
+    """(N,) int64 raster index of the side x side square (clipped at the border) owning each token."""
     h, w = grid_size
     row = torch.arange(h, device=device) // side
     col = torch.arange(w, device=device) // side
-    return (row[:, None] * (w // side) + col[None, :]).reshape(-1)
+    return (row[:, None] * -(-w // side) + col[None, :]).reshape(-1)
 
 
 def _centroids(labels: torch.Tensor, positions: torch.Tensor, num: int) -> torch.Tensor:

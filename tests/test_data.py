@@ -275,3 +275,87 @@ def test_seeded_augmentation_is_fixed_by_seed_epoch_and_index_in_any_worker_coun
     serial, parallel = batches(0), batches(2)
     assert len(serial) == 3
     assert all(torch.equal(s, p) for s, p in zip(serial, parallel))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Native 28x28 Fashion-MNIST and the pretraining crop scale
+
+
+def test_native_28_transforms_neither_pad_nor_resize(fmnist_test):
+    mean, std = dataset_stats("fashion_mnist")
+    pad_to = dataset_pad_to("fashion_mnist", 28)
+    assert pad_to is None
+    raw = fmnist_test.data[:64].float().unsqueeze(1) / 255
+    ds = build_dataset("fashion_mnist", "val", transform=build_eval_transform(28, mean, std, pad_to=pad_to))
+    x = torch.stack([ds[i][0] for i in range(64)])
+    assert x.shape == (64, 1, 28, 28)
+    torch.testing.assert_close(denormalize(x, mean, std), raw, atol=1e-6, rtol=0)  # the original pixels
+    # the pretraining crop is cut from the 28x28 image: a full-area, unflipped crop is the image itself
+    full = build_pretrain_transform(28, mean, std, pad_to=pad_to, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
+    torch.testing.assert_close(torch.stack([full(fmnist_test[i][0]) for i in range(64)]), x, atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    crop = build_pretrain_transform(28, mean, std, pad_to=pad_to)(fmnist_test[0][0])
+    assert crop.shape == (1, 28, 28) and not torch.equal(crop, x[0])
+
+
+def test_crop_scale_flag_reaches_the_pretraining_crop(fmnist_train, monkeypatch, tmp_path):
+    from randsac_timm import engine
+    from randsac_timm.config import parse_pretrain_args
+
+    cfg = parse_pretrain_args(["--crop-scale", "1", "1", "--img-size", "28", "--max-train-samples", "32",
+                               "--batch-size", "16", "--workers", "0", "--no-progress", "--output-dir", str(tmp_path)])
+    assert cfg.crop_scale == (1.0, 1.0) and parse_pretrain_args([]).crop_scale == (0.2, 1.0)  # the paper's default
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        built.append(build_pretrain_transform(*args, **kwargs))
+        raise Built  # the transform is all this test needs; stop before the model is built
+
+    monkeypatch.setattr(engine, "build_pretrain_transform", spy)
+    with pytest.raises(Built):
+        engine.train(cfg)
+    # scale (1, 1) leaves one crop, the whole image (RandomResizedCrop falls back to it for an unreachable ratio):
+    # the augmented images are the originals, some flipped
+    mean, std = dataset_stats("fashion_mnist")
+    torch.manual_seed(0)
+    for i in range(16):
+        out = denormalize(built[0](fmnist_train[i][0]), mean, std)[0]
+        raw = fmnist_train.data[i].float() / 255
+        assert any(torch.allclose(out, r, atol=1e-6, rtol=0) for r in (raw, raw.flip(-1)))
+
+
+@pytest.mark.parametrize("scale", [(0.0, 1.0), (-0.1, 0.5), (0.6, 0.5), (0.2, 1.5), (float("nan"), 1.0), (0.5,)])
+def test_bad_crop_scale_is_one_clear_error(scale):
+    from randsac_timm.data import check_crop_scale
+
+    with pytest.raises(ValueError, match=r"--crop-scale.*0 < LO <= HI <= 1") as info:
+        build_pretrain_transform(28, (0.5,), (0.5,), scale=scale)
+    assert repr(tuple(scale)) in str(info.value)
+    assert check_crop_scale([0.5, 1]) == (0.5, 1.0)
+
+
+def test_eval_scripts_build_an_encoder_trained_at_28_for_unpadded_28x28_images(tmp_path):
+    """A 2-step run at --img-size 28, then eval_linear.py on its checkpoint and on its exported encoder."""
+    from randsac_timm.config import parse_pretrain_args
+    from randsac_timm.engine import train
+    from randsac_timm.eval_config import parse_linear_args
+    from randsac_timm.linear_probe import run_linear_probe
+
+    run = train(parse_pretrain_args([
+        "--img-size", "28", "--segments", "square:16-4", "--crop-scale", "0.5", "1", "--max-steps", "2",
+        "--max-train-samples", "64", "--batch-size", "16", "--workers", "0", "--no-progress", "--vis-every", "0",
+        "--output-dir", str(tmp_path / "run")]))
+    state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+    assert state["config"]["crop_scale"] == [0.5, 1.0] and state["encoder_kwargs"]["img_size"] == 28
+    quick = ["--fast", "--max-train-samples", "200", "--max-eval-samples", "100", "--epochs", "2", "--warmup-epochs",
+             "1", "--batch-size", "100", "--workers", "0", "--no-progress", "--no-knn", "--no-pixel-baselines"]
+    for source, kind in ((run.checkpoint, "pretrain_checkpoint"), (run.encoder, "encoder_safetensors")):
+        results = run_linear_probe(parse_linear_args(["--checkpoint", source, "--output-dir", str(tmp_path / kind),
+                                                      *quick]))
+        assert results["encoder"]["kind"] == kind and results["encoder"]["model_kwargs"]["img_size"] == 28
+        # the encoder has a fixed 28x28 input (timm asserts the size), so its features came from unpadded images
+        assert results["dataset"]["img_size"] == 28 and results["dataset"]["pad_to"] is None
+        assert 0.0 <= results["top1"] <= 100.0

@@ -2,7 +2,9 @@ import math
 
 import pytest
 import torch
+from test_randsac_pretrain import _check_segment_causality, _wrapper
 
+from randsac_timm.masks import build_masks
 from randsac_timm.segments import (
     SegmentSpec,
     assign_to_blobs,
@@ -26,13 +28,28 @@ SQUARE_CASES = [
     ('square:64-16-4', (8, 8)),
     ('square:49-1', (14, 14)),
     ('square:24-6', (4, 6)),
+    # grids the squares do not divide: the last row and column of squares are clipped by the border
+    ('square:16', (7, 7)),
+    ('square:4', (7, 7)),
+    ('square:9', (7, 7)),
+    ('square:16', (7, 8)),
+    ('square:2', (7, 8)),
+    ('square:9', (8, 8)),
+    ('square:16-4', (7, 7)),
+    ('square:49-16-4', (7, 7)),
+    ('square:49-9-1', (7, 7)),
+    ('square:16-4', (7, 8)),
 ]
 SHAPE_CASES = [(s, g) for s in ANY_GRID_SPECS for g in GRIDS] + SQUARE_CASES
 HIER_CASES = [
     ('square:16-4', (8, 8)),
     ('square:64-16-4', (8, 8)),
     ('square:24-6', (4, 6)),
+    ('square:16-4', (7, 7)),
+    ('square:49-16-4', (7, 7)),
+    ('square:16-4', (7, 8)),
     ('blob:11-5', (8, 8)),
+    ('blob:11-5', (7, 7)),
     ('blob:11-5', (6, 10)),
     ('blob:11-7-3', (8, 8)),
     ('blob:11-7-3', (14, 14)),
@@ -133,11 +150,14 @@ def test_segment_spec_constructor_rejects_invalid_fields():
 
 
 @pytest.mark.parametrize('text, grid, fragment', [
-    ('square:16', (7, 7), '7x7'),
+    ('square:25', (7, 7), '7x7'),
+    ('square:12', (7, 8), '7x8'),
     ('square:16', (6, 10), '6x10'),
     ('blob:100', (8, 8), '8x8'),
     ('shuffle:65', (8, 8), '64 tokens'),
     ('square:16-9', (12, 12), 'multiple'),
+    ('square:9-4', (7, 7), 'multiple'),
+    ('square:64', (7, 7), '49 tokens'),
 ])
 def test_spec_that_does_not_fit_grid_raises_naming_spec_and_grid(text, grid, fragment):
     with pytest.raises(ValueError) as info:
@@ -147,8 +167,10 @@ def test_spec_that_does_not_fit_grid_raises_naming_spec_and_grid(text, grid, fra
 
 
 def test_square_grid_error_lists_valid_square_counts():
-    with pytest.raises(ValueError, match=r'\[64, 16, 4, 1\]'):
-        parse_segments('square:9').validate((8, 8))
+    with pytest.raises(ValueError, match=r'\[64, 16, 9, 4, 1\]'):
+        parse_segments('square:10').validate((8, 8))
+    with pytest.raises(ValueError, match=r'\[49, 16, 9, 4, 1\]'):
+        parse_segments('square:25').validate((7, 7))
 
 
 # ---------------------------------------------------------------------------------------------------------- contract
@@ -184,19 +206,39 @@ def test_random_gives_a_different_permutation_per_sample(grid):
     assert len({tuple(r.tolist()) for r in rank}) == 4
 
 
+def _square_side(h: int, w: int, k: int) -> int:
+    """The documented rule: the smallest side M whose squares, clipped at the border, number K."""
+    return min(m for m in range(1, max(h, w) + 1) if math.ceil(h / m) * math.ceil(w / m) == k)
+
+
 @pytest.mark.parametrize('text, grid', SQUARE_CASES)
-def test_square_segments_are_m_by_m_blocks(text, grid):
+def test_square_segments_are_m_by_m_blocks_clipped_at_the_border(text, grid):
     h, w = grid
     k = parse_segments(text).counts[0]
-    m = math.isqrt(h * w // k)
+    m = _square_side(h, w, k)
     rank = sample_rank(text, 3, grid, generator=_gen(2)).view(3, h, w)
     assert (rank.amax(dim=(1, 2)) + 1 == k).all()
     for b in range(3):
+        covered = torch.zeros(h, w, dtype=torch.long)
         for s in range(k):
             rows, cols = (rank[b] == s).nonzero(as_tuple=True)
-            assert len(rows) == m * m
-            assert rows.min() % m == 0 and cols.min() % m == 0
-            assert rows.max() - rows.min() == m - 1 and cols.max() - cols.min() == m - 1
+            top, left = rows.min().item(), cols.min().item()
+            assert top % m == 0 and left % m == 0
+            bottom, right = min(top + m, h), min(left + m, w)
+            # exactly the (clipped) square: its bounding box, completely filled, so contiguous
+            assert rows.max() + 1 == bottom and cols.max() + 1 == right
+            assert len(rows) == (bottom - top) * (right - left)
+            covered[rows, cols] += 1
+        assert (covered == 1).all()  # every token in exactly one square
+
+
+def test_square_16_on_7x7_is_2x2_squares_with_thin_border_strips():
+    rank = sample_rank('square:16', 4, (7, 7), generator=_gen(21))
+    for b in range(4):
+        # 3x3 full squares, 3 + 3 strips of 2 tokens along the bottom and right border, one corner token
+        assert _segment_sizes(rank[b]) == [1] + [2] * 6 + [4] * 9
+    rank4 = sample_rank('square:4', 4, (7, 7), generator=_gen(21))
+    assert _segment_sizes(rank4[0]) == [9, 12, 12, 16]  # 7 = 4 + 3 on each axis
 
 
 def test_square_16_4_groups_four_fine_squares_per_quadrant():
@@ -208,6 +250,82 @@ def test_square_16_4_groups_four_fine_squares_per_quadrant():
         for r in (0, 4):
             for c in (0, 4):
                 assert len(fine[b, r:r + 4, c:c + 4].unique()) == 4
+
+
+def test_square_16_4_on_7x7_quadrants_contain_whole_squares():
+    seg = sample_segments('square:16-4', 6, (7, 7), generator=_gen(22))
+    fine, coarse = seg.levels[0].view(6, 7, 7), seg.levels[1].view(6, 7, 7)
+    for b in range(6):
+        # quadrants of side 4 clipped to 4 + 3: each is one partition holding exactly 4 fine squares (some clipped)
+        blocks = [(slice(r, r + 4), slice(c, c + 4)) for r in (0, 4) for c in (0, 4)]
+        assert sorted(coarse[b][rs, cs].unique().item() for rs, cs in blocks) == [0, 1, 2, 3]
+        for rs, cs in blocks:
+            inside = torch.zeros(7, 7, dtype=torch.bool)
+            inside[rs, cs] = True
+            squares = fine[b][inside].unique()
+            assert len(squares) == 4
+            assert not torch.isin(fine[b][~inside], squares).any()  # whole squares: none reaches out of its quadrant
+
+
+# old code's output (captured before squares were generalised to grids they do not divide): per level, the rank of
+# each square read at its top-left token, for (spec, grid, batch, seed)
+SQUARE_FIXTURES = [
+    ('square:16', (8, 8), 3, 0, [
+        [[[12, 2, 3, 13], [14, 4, 10, 11], [8, 6, 0, 15], [9, 5, 1, 7]],
+         [[11, 2, 12, 3], [14, 13, 6, 8], [9, 4, 0, 1], [7, 5, 15, 10]],
+         [[3, 11, 12, 2], [0, 4, 13, 9], [1, 8, 10, 6], [7, 15, 14, 5]]]]),
+    ('square:4', (8, 8), 3, 1, [[[[1, 2], [3, 0]], [[0, 2], [3, 1]], [[1, 3], [0, 2]]]]),
+    ('square:16-4', (8, 8), 3, 2, [
+        [[[7, 6, 0, 2], [5, 4, 1, 3], [10, 9, 12, 14], [8, 11, 13, 15]],
+         [[8, 11, 15, 12], [10, 9, 14, 13], [6, 5, 1, 3], [7, 4, 2, 0]],
+         [[3, 1, 9, 10], [2, 0, 11, 8], [7, 4, 13, 15], [6, 5, 14, 12]]],
+        [[[1, 0], [2, 3]], [[2, 3], [1, 0]], [[0, 2], [1, 3]]]]),
+    ('square:64-16-4', (8, 8), 2, 3, [
+        [[[12, 15, 5, 4, 27, 25, 20, 21], [13, 14, 6, 7, 26, 24, 23, 22], [1, 2, 9, 8, 17, 16, 28, 31],
+          [3, 0, 10, 11, 19, 18, 29, 30], [44, 46, 35, 34, 54, 52, 61, 60], [45, 47, 33, 32, 53, 55, 62, 63],
+          [40, 42, 38, 36, 56, 58, 51, 48], [43, 41, 37, 39, 59, 57, 49, 50]],
+         [[27, 26, 31, 29, 3, 2, 12, 13], [25, 24, 28, 30, 0, 1, 15, 14], [19, 16, 23, 21, 10, 11, 4, 5],
+          [17, 18, 22, 20, 9, 8, 6, 7], [50, 48, 60, 61, 33, 35, 46, 47], [49, 51, 63, 62, 34, 32, 45, 44],
+          [58, 59, 52, 54, 36, 38, 42, 40], [57, 56, 53, 55, 37, 39, 43, 41]]],
+        [[[3, 1, 6, 5], [0, 2, 4, 7], [11, 8, 13, 15], [10, 9, 14, 12]],
+         [[6, 7, 0, 3], [4, 5, 2, 1], [12, 15, 8, 11], [14, 13, 9, 10]]],
+        [[[0, 1], [2, 3]], [[1, 0], [3, 2]]]]),
+    ('square:15', (6, 10), 2, 4, [
+        [[[4, 5, 2, 3, 11], [10, 13, 1, 0, 14], [8, 7, 12, 9, 6]],
+         [[4, 2, 14, 3, 6], [5, 8, 10, 7, 12], [11, 1, 0, 9, 13]]]]),
+]
+
+
+@pytest.mark.parametrize('text, grid, batch, seed, expected', SQUARE_FIXTURES)
+def test_square_ranks_on_divisible_grids_are_unchanged(text, grid, batch, seed, expected):
+    h, w = grid
+    seg = sample_segments(text, batch, grid, generator=_gen(seed))
+    for level, k, per_square in zip(seg.levels, parse_segments(text).counts, expected):
+        m = math.isqrt(h * w // k)
+        old = torch.tensor(per_square).repeat_interleave(m, 1).repeat_interleave(m, 2)
+        assert torch.equal(level.view(batch, h, w), old)
+
+
+class _OpCounter(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('text', ['raster', 'random', 'square:16', 'square:16-4', 'blob:7', 'blob:11-7-3',
+                                  'shuffle:7'])
+def test_sampling_is_vectorized_over_the_batch(text):
+    """The same number of torch ops for 1 and 64 samples: no Python loop over the batch."""
+    counts = []
+    for batch in (1, 64):
+        with _OpCounter() as counter:
+            sample_segments(text, batch, (7, 7), generator=_gen(23))
+        counts.append(counter.calls)
+    assert counts[0] == counts[1] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------- hierarchy
@@ -398,3 +516,33 @@ def test_cpu_generator_drives_cuda_output_identically():
     cuda = sample_segments('blob:11-7-3', 4, (14, 14), generator=_gen(19), device='cuda')
     assert cuda.rank.device.type == 'cuda'
     assert torch.equal(cpu.rank, cuda.rank.cpu())
+
+
+# ---------------------------------------------------------------------------------------------------------- 28x28 input
+
+NATIVE_FMNIST_SPECS = ['raster', 'random', 'square:16', 'square:4', 'square:9', 'square:16-4', 'blob:7', 'blob:11-5',
+                       'blob:11-7-3', 'shuffle:7']
+
+
+@pytest.fixture(scope='module')
+def fmnist_28(fashion_mnist_train) -> torch.Tensor:
+    """4 real Fashion-MNIST images at their native 28x28 (no padding), normalised: (4, 1, 28, 28)."""
+    return (fashion_mnist_train.data[:4].float().div(255).unsqueeze(1) - 0.2860) / 0.3530
+
+
+@pytest.mark.parametrize('spec', NATIVE_FMNIST_SPECS)
+def test_randsac_at_28x28_keeps_segment_causality_and_trains(spec, fmnist_28):
+    """img_size=28 gives a 7x7 grid of 4x4 patches; every strategy serializes it and the step stays causal."""
+    model = _wrapper(spec, img_size=28).eval()
+    assert model.grid_size == (7, 7)
+    rank = sample_rank(spec, 2, (7, 7), generator=_gen(24))
+    assert _check_segment_causality(model, fmnist_28[:2], rank) >= 3
+    masks = build_masks(rank)
+    assert masks.causal.shape == (2, 1, 49, 49) and masks.causal.any(dim=-1).all() and masks.memory.any(dim=-1).all()
+    # one training forward/backward with the model's own sampled segments
+    model.train()
+    out = model(fmnist_28, generator=_gen(25))
+    assert out.pred.shape == out.target.shape == (4, 49, 16) and out.rank.shape == (4, 49)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
