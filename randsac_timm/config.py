@@ -7,15 +7,17 @@ in checkpoints as plain dicts, so `torch.load(weights_only=True)` can read them.
 """
 import argparse
 import dataclasses
+import math
 import os
+import sys
 import typing
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
 __all__ = ['PretrainConfig', 'PRESET_DIR', 'list_presets', 'resolve_preset', 'load_yaml_config', 'build_parser',
-           'config_from_args', 'make_config', 'parse_pretrain_args']
+           'config_from_args', 'make_config', 'parse_pretrain_args', 'check_pretrain_config', 'run_cli']
 
 PRESET_DIR = os.path.join(os.path.dirname(__file__), 'configs')
 DEFAULT_PRETRAIN_PRESET = 'fmnist_micro_cpu'
@@ -32,6 +34,8 @@ class PretrainConfig:
     segments: Optional[str] = None  # paper notation, e.g. 'blob:11-5'; None = the model's default
     norm_pix_loss: bool = False  # per-patch normalised target (on in the paper's final recipes)
     skip_connections: bool = True
+    # RandSAC skip decoder: 'level_norm', 'paper' or 'paper_last' (randsac_timm/decoder.py); None = the model's default
+    skip_memory: Optional[str] = None
     loss_first_segment: bool = False  # the first segment reads its own encoding, so it is not scored by default
     decoder: str = 'skip'  # RandSAC models: 'skip', 'plain' or 'two_stream' (paper Table 8)
     # RandSAC models: 'dense' (raster order, full masks), 'sparse' (rank-sorted, last segment dropped, block-sparse
@@ -43,7 +47,8 @@ class PretrainConfig:
     # data
     dataset: str = 'fashion_mnist'
     data_dir: Optional[str] = None
-    img_size: int = 32
+    img_size: int = 32  # Fashion-MNIST: 32 pads 28 -> 32 (8x8 grid, the paper's), 28 is native (7x7 grid, no padding)
+    crop_scale: Tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range (the paper's); 0 < lo <= hi <= 1
     max_train_samples: Optional[int] = None  # a seeded subset of the training split, for short runs
     download: bool = False  # torchvision download when online (CIFAR, Fashion-MNIST)
     workers: int = 2
@@ -70,6 +75,9 @@ class PretrainConfig:
     grad_checkpointing: bool = False
     output_dir: str = 'output/pretrain'
     resume: Optional[str] = None  # a checkpoint path; by default the output folder's checkpoint-last.pth resumes
+    # start a NEW run from a full pretraining model's weights (encoder + decoder, strict): a '<wrapper>.<tag>', hf-hub:ID,
+    # local-dir:PATH, full-model .safetensors or a checkpoint .pth; fresh optimizer and schedule from step 0 (not --resume)
+    init: Optional[str] = None
     auto_resume: bool = True
     save_every: int = 500  # optimizer steps between checkpoints (besides each epoch's end); 0 = epochs only
     keep_checkpoints: int = 2  # numbered checkpoints kept besides checkpoint-last.pth
@@ -202,3 +210,50 @@ def parse_pretrain_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
     args = parser.parse_args(argv)
     return config_from_args(PretrainConfig, args, default_preset=DEFAULT_PRETRAIN_PRESET)
 
+
+# Numbers a run cannot use outside these ranges: (lowest accepted, whether the lowest itself is accepted). Checked
+# before any work, so a bad value fails in a second (not after the data set loads, or silently as a 0-step run).
+_PRETRAIN_RANGES: Dict[str, Tuple[float, bool]] = {
+    'batch_size': (1, True), 'accum_iter': (1, True), 'epochs': (1, True), 'max_steps': (1, True),
+    'max_train_samples': (1, True), 'img_size': (1, True), 'log_every': (1, True), 'max_nonfinite': (1, True),
+    'workers': (0, True), 'save_every': (0, True), 'vis_every': (0, True), 'keep_checkpoints': (0, True),
+    'blr': (0, False), 'lr': (0, False), 'clip_grad': (0, False), 'min_lr': (0, True), 'warmup_epochs': (0, True),
+    'weight_decay': (0, True), 'drop_path': (0, True),
+}
+
+
+def check_pretrain_config(cfg: PretrainConfig) -> None:
+    """Raise ValueError naming the option, its value and what is accepted, for values no run can use."""
+    import timm  # local: building timm's registry is not needed to parse flags
+
+    for name, (low, inclusive) in _PRETRAIN_RANGES.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        # a YAML preset can give a string ('1e-4' is one in YAML 1.1: write 1.0e-4) or a bool
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < low or (value == low and not inclusive):
+            kind = 'an integer' if _unwrap_optional(_field_types(type(cfg))[name])[0] is int else 'a number'
+            raise ValueError(f'--{name.replace("_", "-")} {value!r} is not accepted: expected {kind} '
+                             f'{">=" if inclusive else ">"} {low:g}')
+    if not timm.is_model(cfg.model) or not cfg.model.startswith(('randsac_pretrain', 'mae_pretrain')):
+        names = timm.list_models('randsac_pretrain*') + timm.list_models('mae_pretrain*')
+        raise ValueError(f'--model {cfg.model!r} is not a registered pretraining model; accepted: {", ".join(names)}')
+
+
+def run_cli(prog: str, main: Callable[[], Any], user_errors: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Run a script's `main`; a user's mistake (a bad value, a missing file or data set, an unusable checkpoint)
+    ends with one line `prog: error: ...` on stderr and exit status 2, like argparse's own errors, not a traceback.
+
+    ValueError and OSError (FileNotFoundError, ...) are what this package raises for those, each with a message
+    naming the value and the fix. `RANDSAC_TRACEBACK=1` shows the full traceback instead.
+    """
+    try:
+        main()
+    except (ValueError, OSError, *user_errors) as e:
+        if os.environ.get('RANDSAC_TRACEBACK', '') not in ('', '0'):
+            raise
+        message = ' '.join(str(e).split()) or type(e).__name__
+        print(f'{prog}: error: {message}', file=sys.stderr)
+        return 2
+    return 0

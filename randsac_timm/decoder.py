@@ -4,13 +4,21 @@ The decoder's queries carry no content: each is the fixed sin-cos position embed
 Query i may read (a) other queries of its own and earlier segments (`causal` mask) and (b) encoder
 outputs of strictly earlier segments (`memory` mask), so a segment is predicted from what came before.
 
-Trainable skip connections (paper section 4): decoder layer l reads the memory
-`Z_l = proj(sum_k W[l, k] * LN_k(H_k))` over all encoder block outputs `H_k`.
-Decisions (DESIGN.md leaves them open):
-- each encoder level gets its own LayerNorm before mixing, so levels of different scale mix fairly;
-- one shared Linear projects the mixture from encoder to decoder width;
-- `W` starts uniform, `1 / L_enc` everywhere, so every level (and its norm) gets a gradient from step 0;
-  with skips off every layer reads the last encoder block only (the plain masked transformer).
+Trainable skip connections (paper section 4): decoder layer l reads a memory mixed from all encoder block
+outputs `H_k` with a trainable `W: (L_dec, L_enc)`. Three forms (`skip_memory=`), all with one shared Linear
+from encoder to decoder width:
+- `'level_norm'`: `Z_l = proj(sum_k W[l, k] * LN_k(H_k))`, each level normalised on its own before mixing,
+  `W` uniform `1 / L_enc`. Our first design; it gives every level the same share whatever its scale, so
+  shallow blocks, whose outputs are smaller than the last block's in a trained encoder, count for more than
+  in the paper's sum.
+- `'paper'`: the paper's `Z_l = sum_k W[l, k] * H_k`, then one LayerNorm and the projection
+  (`proj(LN(sum_k W[l, k] H_k))`), `W` uniform `1 / L_enc`.
+- `'paper_last'`: the paper's form with `W` starting on the last block (`W[l, L_enc] = 1`, else 0), so training
+  starts from the plain masked transformer and moves memory to earlier blocks only where that helps.
+In all three every entry of `W` gets a gradient from step 0 (`dL/dW[l, k]` is a product with `H_k`). With skips off
+every layer reads `proj(LN(H_last))` (the plain masked transformer).
+Default: `'level_norm'`, until the Fashion-MNIST grid (`benchmarks/ablation_grid.py`, rows "skip memory: ...")
+measures the three against each other (README, ablation section).
 """
 from typing import List, Union
 
@@ -20,8 +28,9 @@ from timm.layers import Attention, DropPath, LayerNorm, Mlp
 from torch.utils.checkpoint import checkpoint
 
 from .attention import AttendFn, DenseAttention, attention_forward
+from .initialization import init_linear_and_norm
 
-__all__ = ['CrossAttention', 'DecoderBlock', 'SkipMemory', 'RandSACDecoder']
+__all__ = ['CrossAttention', 'DecoderBlock', 'SKIP_MEMORIES', 'SkipMemory', 'RandSACDecoder']
 
 
 class CrossAttention(nn.Module):
@@ -73,22 +82,40 @@ class DecoderBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm3(x)))
 
 
-class SkipMemory(nn.Module):
-    """Builds the memory each decoder layer reads from the encoder's block outputs.
+SKIP_MEMORIES = ('level_norm', 'paper', 'paper_last')
 
-    With `skip_connections=True`, layer l reads `proj(sum_k W[l, k] * LN_k(H_k))` (trainable `W`);
-    otherwise every layer reads `proj(LN(H_last))`.
+
+class SkipMemory(nn.Module):
+    """Builds the memory each decoder layer reads from the encoder's block outputs (module docstring: the forms).
+
+    Args:
+        encoder_dim: encoder width.
+        encoder_depth: encoder blocks `L_enc`.
+        decoder_dim: decoder width.
+        decoder_depth: decoder blocks `L_dec`.
+        skip_connections: mix every level with trainable `W` (True) or read the last block only.
+        skip_memory: `'level_norm'`, `'paper'` or `'paper_last'` (with `skip_connections=True` only).
     """
 
     def __init__(self, encoder_dim: int, encoder_depth: int, decoder_dim: int, decoder_depth: int,
-                 skip_connections: bool = True):
+                 skip_connections: bool = True, skip_memory: str = 'level_norm'):
         super().__init__()
+        if skip_memory not in SKIP_MEMORIES:
+            raise ValueError(f'skip_memory={skip_memory!r} is not one of {", ".join(map(repr, SKIP_MEMORIES))}')
         self.skip_connections = skip_connections
+        self.skip_memory = skip_memory if skip_connections else None
         self.decoder_depth = decoder_depth
-        num_levels = encoder_depth if skip_connections else 1
-        self.norms = nn.ModuleList([LayerNorm(encoder_dim) for _ in range(num_levels)])
-        self.skip_weights = nn.Parameter(
-            torch.full((decoder_depth, encoder_depth), 1.0 / encoder_depth)) if skip_connections else None
+        # one norm per level before mixing ('level_norm'), else one norm (after mixing / on the last block)
+        num_norms = encoder_depth if skip_memory == 'level_norm' and skip_connections else 1
+        self.norms = nn.ModuleList([LayerNorm(encoder_dim) for _ in range(num_norms)])
+        self.skip_weights = None
+        if skip_connections:
+            if skip_memory == 'paper_last':
+                weights = torch.zeros(decoder_depth, encoder_depth)
+                weights[:, -1] = 1.0
+            else:
+                weights = torch.full((decoder_depth, encoder_depth), 1.0 / encoder_depth)
+            self.skip_weights = nn.Parameter(weights)
         self.proj = nn.Linear(encoder_dim, decoder_dim)
 
     def forward(self, hidden: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -96,8 +123,13 @@ class SkipMemory(nn.Module):
         if self.skip_weights is None:
             memory = self.proj(self.norms[0](hidden[-1]))
             return [memory] * self.decoder_depth
-        normed = torch.stack([norm(h) for norm, h in zip(self.norms, hidden)])  # (L_enc, B, N, D_enc)
-        mixed = torch.einsum('lk,kbnd->lbnd', self.skip_weights.to(normed.dtype), normed)  # (L_dec, B, N, D_enc)
+        if self.skip_memory == 'level_norm':
+            levels = torch.stack([norm(h) for norm, h in zip(self.norms, hidden)])  # (L_enc, B, N, D_enc)
+        else:
+            levels = torch.stack(hidden)
+        mixed = torch.einsum('lk,kbnd->lbnd', self.skip_weights.to(levels.dtype), levels)  # (L_dec, B, N, D_enc)
+        if self.skip_memory != 'level_norm':
+            mixed = self.norms[0](mixed)
         return list(self.proj(mixed).unbind(0))
 
 
@@ -115,16 +147,17 @@ class RandSACDecoder(nn.Module):
             mlp_ratio: float = 4.0,
             skip_connections: bool = True,
             drop_path_rate: float = 0.0,
+            skip_memory: str = 'level_norm',
     ):
         super().__init__()
         self.embed_dim = embed_dim
-        self.memory = SkipMemory(encoder_dim, encoder_depth, embed_dim, depth, skip_connections)
+        self.memory = SkipMemory(encoder_dim, encoder_depth, embed_dim, depth, skip_connections, skip_memory)
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
         self.blocks = nn.ModuleList([DecoderBlock(embed_dim, num_heads, mlp_ratio, dpr[i]) for i in range(depth)])
         self.norm = LayerNorm(embed_dim)
         self.pred = nn.Linear(embed_dim, out_dim)
         self.grad_checkpointing = False
-        self.apply(_init_weights)
+        self.apply(init_linear_and_norm)
 
     def forward(
             self,
@@ -151,11 +184,3 @@ class RandSACDecoder(nn.Module):
             else:
                 x = blk(x, memory, self_mask, memory_mask)
         return self.pred(self.norm(x))
-
-
-def _init_weights(m: nn.Module) -> None:
-    # MAE's decoder init: xavier-uniform linears, zero biases
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)

@@ -12,12 +12,19 @@ Accepted sources (`load_encoder`):
 timm's own `create_model(pretrained=True)` turns non-strict whenever the classifier size differs and then only
 logs what it skipped; here every missing or unexpected key other than the new head raises `CheckpointError`,
 as does a channel-count or class-token mismatch, with the file and the fix in the message.
+
+Full pretraining models (encoder + decoder + skip weights, for continued pretraining) load the same strict way
+(`read_pretrain_source`, `load_pretrain_state`): a registered `<wrapper>.<tag>`, `hf-hub:` / `local-dir:` (a
+`python -m randsac_timm.hub export --full` folder), a full-model `.safetensors` or a `train_pretrain.py` checkpoint.
+`create_pretrained_wrapper` is what the `randsac_pretrain_*` / `mae_pretrain_*` entrypoints run for
+`pretrained=True`, and `pretrain_default_cfgs` declares their tags.
 """
 import hashlib
 import json
 import os
 import sys
-from typing import Any, Dict, Optional, Tuple
+import warnings
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import timm
 import torch
@@ -26,7 +33,10 @@ from safetensors.torch import load_file
 
 from .checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ['load_encoder', 'sha256_file']
+__all__ = [
+    'load_encoder', 'sha256_file', 'FULL_MODEL_FORMAT', 'read_pretrain_source', 'load_pretrain_state',
+    'init_pretrain_model', 'create_pretrained_wrapper', 'pretrain_default_cfgs', 'register_packaged_pretrain_weights',
+]
 
 HUB_PREFIXES = ('hf-hub:', 'local-dir:')
 HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
@@ -61,8 +71,14 @@ def _from_pretrain_checkpoint(path: str) -> Tuple[str, Dict[str, Any], Dict[str,
 
 
 def _from_safetensors(path: str) -> Tuple[str, Dict[str, Any], Dict[str, torch.Tensor]]:
-    with safe_open(path, framework='pt') as f:
-        metadata = f.metadata() or {}
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+    except SafetensorError as e:  # a truncated or foreign file: name it rather than show the parser's error alone
+        raise CheckpointError(f'{path} is not a readable safetensors file ({e}): it is corrupt or truncated; '
+                              f'export or download it again') from e
     name = metadata.get('encoder_name')
     if not name:
         raise CheckpointError(f'{path} has no "encoder_name" metadata, so the architecture is unknown; pass '
@@ -272,3 +288,250 @@ def load_encoder(
             info['sha256'] = sha256_file(path)
     return encoder.eval(), info
 
+
+
+# ----------------------------------------------------------------------------------------------------
+# Full pretraining models: the wrapper's whole state dict (encoder.*, decoder.*, ...) as safetensors whose metadata
+# holds what rebuilds it: `randsac_format`, `model_name` (registered wrapper), `model_kwargs` (JSON), `encoder_name`.
+
+FULL_MODEL_FORMAT = 'randsac-timm/full-pretrain/v1'
+
+
+def _objective(model_name: str) -> str:
+    return 'MAE' if str(model_name).startswith('mae_') else 'RandSAC'
+
+
+def _full_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+        weights = load_file(path)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f'{path} is not a readable safetensors file ({e}): it is corrupt or truncated; '
+                              f'download or export it again') from e
+    if not metadata.get('model_name'):
+        what = 'an encoder alone (no decoder)' if metadata.get('encoder_name') else 'no "model_name" metadata'
+        raise CheckpointError(
+            f'{path} holds {what}; a full pretraining model is needed: export one with `python -m randsac_timm.hub '
+            f'export CHECKPOINT DIR --full`, or pass a train_pretrain.py checkpoint (.pth).')
+    try:
+        kwargs = json.loads(metadata.get('model_kwargs') or '{}')
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f'{path}: metadata model_kwargs is not valid JSON ({e})') from e
+    return weights, dict(model_name=metadata['model_name'], model_kwargs=kwargs, hf_hub_id=metadata.get('hub_repo_id'))
+
+
+def _hub_full_file(repo: str, cache_dir: Optional[str] = None) -> str:
+    """`model.safetensors` of `org/name[@revision]` through the Hub cache (offline once cached)."""
+    from huggingface_hub import hf_hub_download
+
+    repo_id, _, revision = repo.partition('@')
+    return hf_hub_download(repo_id, 'model.safetensors', revision=revision or None, cache_dir=cache_dir)
+
+
+def read_pretrain_source(
+        source: str, cache_dir: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Weights and record of a full pretraining model.
+
+    Args:
+        source: a registered '<wrapper>.<tag>' with weights, 'hf-hub:org/name[@rev]', 'local-dir:/path' (an
+            `export --full` folder), a full-model `.safetensors` file, or a `train_pretrain.py` checkpoint (`.pth`).
+        cache_dir: Hugging Face cache override for `hf-hub:`.
+
+    Returns:
+        (state dict, info) with info = {source, path, sha256, model_name, model_kwargs, hf_hub_id}.
+    """
+    hf_hub_id = None
+    if source.startswith('hf-hub:'):
+        hf_hub_id = source.split(':', 1)[1]
+        path = _hub_full_file(hf_hub_id, cache_dir)
+    elif source.startswith('local-dir:'):
+        path = os.path.join(source.split(':', 1)[1], 'model.safetensors')
+    elif os.path.exists(source) or source.endswith(('.safetensors', '.pth', '.pt')):
+        path = source
+    else:
+        arch, _, tag = source.partition('.')
+        if not tag or not timm.is_model(arch):
+            raise ValueError(f'{source!r} is neither a file nor a registered <wrapper>.<tag> (e.g. '
+                             f'randsac_pretrain_vit_micro_patch4_32.fmnist), hf-hub:ORG/NAME or local-dir:PATH')
+        cfg = _wrapper_cfg(arch, tag, None)
+        path, hf_hub_id = _cfg_weights(cfg, source, cache_dir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{source}: {path} does not exist')
+    if path.endswith('.safetensors'):
+        weights, info = _full_safetensors(path)
+    else:
+        state = load_checkpoint(path)
+        weights, info = state['model'], dict(model_name=state['model_name'], model_kwargs=state['model_kwargs'])
+    info = dict(info, source=source, path=path, sha256=sha256_file(path))
+    info['hf_hub_id'] = hf_hub_id or info.get('hf_hub_id')
+    return weights, info
+
+
+def load_pretrain_state(model: torch.nn.Module, weights: Dict[str, torch.Tensor], where: str, source_model: str,
+                        target_model: str) -> None:
+    """Load a full wrapper state strictly; a missing, unexpected or misshapen key raises naming both models."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    shapes = sorted(f'{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}'
+                    for k, v in weights.items() if k in own and own[k].shape != v.shape)
+    if missing or unexpected or shapes:
+        def few(keys):
+            return f'{keys[:4]}{f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""}' if keys else 'none'
+        raise CheckpointError(
+            f'{where} holds {source_model} weights that do not fit {target_model}: missing {few(missing)}, '
+            f'unexpected {few(unexpected)}, shape mismatches {few(shapes)}. Build the model with the same '
+            f'architecture, decoder kind and sizes, img_size and in_chans as the weights.')
+    model.load_state_dict(weights, strict=True)
+
+
+def _describe(model_name: str, kwargs: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> str:
+    kind = getattr(model, 'decoder_kind', None) if model is not None else kwargs.get('decoder')
+    if _objective(model_name) == 'RandSAC':
+        kind = kind or ('skip' if kwargs.get('skip_connections', True) else 'plain')
+        if kind == 'skip' and kwargs.get('skip_connections') is False:
+            kind = 'plain'
+        return f'{model_name} (decoder {kind!r})'
+    return model_name
+
+
+def init_pretrain_model(model: torch.nn.Module, source: str, model_name: str) -> Dict[str, Any]:
+    """Load every wrapper weight of `source` (see `read_pretrain_source`) into `model` strictly: `--init`.
+
+    Returns:
+        the record a run keeps (source, path, sha256, model_name, model_kwargs, hf_hub_id).
+    """
+    weights, info = read_pretrain_source(source)
+    source_desc = _describe(info['model_name'], info['model_kwargs'])
+    target_desc = _describe(model_name, {}, model)
+    if _objective(info['model_name']) != _objective(model_name):
+        raise CheckpointError(f'--init {source} is a {_objective(info["model_name"])} model ({source_desc}) but this '
+                              f'run trains {target_desc}; pass --model {info["model_name"]} or another --init.')
+    load_pretrain_state(model, weights, f'--init {source}', source_desc, f'this run\'s {target_desc}')
+    return info
+
+
+def _wrapper_cfg(arch: str, tag: Optional[str], overlay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    try:
+        cfg = timm.models.resolve_pretrained_cfg(arch, tag, overlay)
+    except RuntimeError as e:  # a tag that is not registered
+        raise RuntimeError(_missing_pretrain_message(arch, tag, declared=False)) from e
+    return cfg.to_dict(remove_source=False)
+
+
+def _cfg_weights(cfg: Dict[str, Any], name: str, cache_dir: Optional[str]) -> Tuple[str, Optional[str]]:
+    """(weights path, hub id) of a wrapper's pretrained cfg, in timm's order: file > hf_hub_id."""
+    if cfg.get('file'):
+        path = cfg['file']
+        # local-dir: timm puts the folder in `file`
+        return (os.path.join(path, 'model.safetensors') if os.path.isdir(path) else path), cfg.get('hf_hub_id')
+    if cfg.get('hf_hub_id'):
+        return _hub_full_file(cfg['hf_hub_id'], cache_dir), cfg['hf_hub_id']
+    arch, tag = cfg.get('architecture') or name.partition('.')[0], cfg.get('tag')
+    raise RuntimeError(_missing_pretrain_message(arch, tag, declared=bool(tag)))
+
+
+def _missing_pretrain_message(arch: str, tag: Optional[str], declared: bool) -> str:
+    from .randsac_vit import PACKAGED_WEIGHTS_DIR, hub_repo_id
+
+    name, new_tag = (f'{arch}.{tag}' if tag else arch), tag or '<tag>'
+    how = (f'produce them from a pretraining checkpoint with `python -m randsac_timm.hub package '
+           f'OUT/checkpoint-last.pth --full --tag {new_tag}` (or publish with `hub push ... --full`, then load '
+           f'timm.create_model("hf-hub:{hub_repo_id(arch, new_tag)}", pretrained=True)); see docs/model_zoo.md.')
+    if declared:
+        return (f'the weights of {name} are not packaged yet (expected '
+                f'{os.path.join(PACKAGED_WEIGHTS_DIR, name + ".safetensors")}): {how}')
+    available = [n for n in timm.list_pretrained(f'{arch}*') if '.' in n]
+    return (f'no pretrained weights exist for {name!r}; full pretraining models in this install: '
+            f'{", ".join(available) or "none"}. To make {arch}.{new_tag}: {how} Use pretrained=False for random init.')
+
+
+def create_pretrained_wrapper(arch: str, build: Callable[..., torch.nn.Module], pretrained: bool,
+                              kwargs: Dict[str, Any]) -> torch.nn.Module:
+    """Entrypoint body of a registered pretraining wrapper: `build(**kwargs)`, or with `pretrained=True` the full
+    model of its tag (packaged file, or the Hub), rebuilt from the kwargs recorded with the weights (the caller's
+    kwargs override them) and loaded strictly."""
+    asked = kwargs.pop('pretrained_cfg', None)
+    overlay = kwargs.pop('pretrained_cfg_overlay', None)
+    kwargs.pop('pretrained_model_args', None)  # timm's copy of config.json model_args, also given as kwargs
+    cache_dir = kwargs.pop('cache_dir', None)
+    if not pretrained:
+        return build(**kwargs)
+    if isinstance(asked, dict) or hasattr(asked, 'to_dict'):  # hf-hub: / local-dir: (config.json) or a given cfg
+        cfg = dict(asked.to_dict(remove_source=False) if hasattr(asked, 'to_dict') else asked, **(overlay or {}))
+    else:
+        cfg = _wrapper_cfg(arch, asked, overlay)
+    cfg.setdefault('architecture', arch)
+    name = f'{arch}.{cfg["tag"]}' if cfg.get('tag') else arch
+    path, hf_hub_id = _cfg_weights(cfg, name, cache_dir)
+    if path.endswith('.safetensors'):
+        weights, info = _full_safetensors(path)
+    else:
+        state = load_checkpoint(path)
+        weights, info = state['model'], dict(model_name=state['model_name'], model_kwargs=state['model_kwargs'])
+    if info['model_name'] != arch:
+        raise CheckpointError(f'{path} holds {info["model_name"]}, not {arch}; load it by its own name')
+    model = build(**dict(info['model_kwargs'], **kwargs))
+    load_pretrain_state(model, weights, path, _describe(arch, info['model_kwargs']), _describe(arch, kwargs, model))
+    model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, **cfg)
+    return model
+
+
+def pretrain_default_cfgs(wrappers: Dict[str, str], declared: Dict[str, Iterable[str]],
+                          folder: Optional[str] = None) -> Dict[str, Any]:
+    """`default_cfgs` of pretraining wrappers: `{wrapper: encoder}` keep their encoder's data config (input size,
+    mean, std), one tag per `<wrapper>.<tag>.safetensors` in `folder` (default: the package's weights/) with
+    `file=` and the repo `hf_hub_id`, and one weight-less tag per `declared` `{wrapper: (tag, ...)}` whose file is
+    not there yet (so `pretrained=True` says how to make it). The untagged name stays the weight-less default."""
+    from timm.models import generate_default_cfgs, get_pretrained_cfg
+
+    from .randsac_vit import PACKAGED_WEIGHTS_DIR, hub_repo_id
+
+    folder = PACKAGED_WEIGHTS_DIR if folder is None else folder
+    base = {}
+    for wrapper, encoder in wrappers.items():
+        cfg = get_pretrained_cfg(encoder).to_dict()
+        base[wrapper] = dict(cfg, num_classes=0, architecture=wrapper, tag=None)
+    tagged: Dict[str, Dict[str, Any]] = {}
+    for fname in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        name_tag, ext = os.path.splitext(fname)
+        wrapper, _, tag = name_tag.partition('.')
+        if ext == '.safetensors' and tag and wrapper in base:
+            tagged[name_tag] = dict(base[wrapper], file=os.path.join(os.path.abspath(folder), fname),
+                                    hf_hub_id=hub_repo_id(wrapper, tag))
+    for wrapper, tags in declared.items():
+        for tag in tags:
+            tagged.setdefault(f'{wrapper}.{tag}', dict(base[wrapper]))
+    # '.*' keeps the weight-less untagged cfg the default (see randsac_vit._generate_cfgs)
+    has_tags = {name.partition('.')[0] for name in tagged}
+    return generate_default_cfgs({**tagged, **{(f'{w}.*' if w in has_tags else w): c for w, c in base.items()}})
+
+
+def register_packaged_pretrain_weights(folder: str) -> Tuple[str, ...]:
+    """Register the `<wrapper>.<tag>.safetensors` full models in `folder` as tags after import (tests, a local zoo),
+    by re-running timm's `register_model` on their entrypoints. Returns the registered names."""
+    from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs, model_entrypoint, register_model
+
+    from .randsac_vit import hub_repo_id
+
+    names = []
+    for fname in sorted(os.listdir(folder)):
+        name_tag, ext = os.path.splitext(fname)
+        wrapper, _, tag = name_tag.partition('.')
+        if ext != '.safetensors' or not tag or not timm.is_model(wrapper):
+            continue
+        fn = model_entrypoint(wrapper)
+        cfgs = get_arch_pretrained_cfgs(wrapper)
+        untagged = cfgs[wrapper].to_dict()
+        tagged = {n: c.to_dict(remove_source=False) for n, c in cfgs.items() if '.' in n}
+        tagged[name_tag] = dict(untagged, file=os.path.join(os.path.abspath(folder), fname),
+                                hf_hub_id=hub_repo_id(wrapper, tag))
+        sys.modules[fn.__module__].default_cfgs[wrapper] = generate_default_cfgs(
+            {**tagged, f'{wrapper}.*': untagged})[wrapper]
+        with warnings.catch_warnings():  # re-registering on purpose: timm warns about overwriting
+            warnings.simplefilter('ignore')
+            register_model(fn)
+        names.append(name_tag)
+    return tuple(names)

@@ -31,7 +31,7 @@ from .checkpoint import (
     prune_checkpoints,
     rng_state,
 )
-from .config import PretrainConfig
+from .config import PretrainConfig, check_pretrain_config
 from .data import (
     SeededAugmentation,
     build_dataset,
@@ -44,6 +44,7 @@ from .data import (
     set_loader_epoch,
 )
 from .distributed import DistContext, bf16_autocast, init_distributed, select_attention_backends
+from .encoder_loading import init_pretrain_model
 from .task import PretrainTask
 
 __all__ = ['train', 'TrainResult', 'NonFiniteLossError', 'build_pretrain_model']
@@ -69,6 +70,7 @@ class TrainResult:
     last_loss: float = float('nan')
     nonfinite_skipped: int = 0
     wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0  # this process's CPU time, user + system
 
 
 class JsonlLog:
@@ -92,6 +94,8 @@ def _objective_kwargs(cfg: PretrainConfig) -> Dict[str, Any]:
                   attn_impl=cfg.attn_impl, attn_block_size=cfg.attn_block_size)
     if cfg.segments:
         kwargs['segments'] = cfg.segments
+    if cfg.skip_memory:
+        kwargs['skip_memory'] = cfg.skip_memory
     return kwargs
 
 
@@ -112,6 +116,8 @@ def _model_kwargs(model: torch.nn.Module, cfg: PretrainConfig) -> Dict[str, Any]
     )
     if 'mask_ratio' not in kwargs:
         kwargs['segments'] = str(model.segments)
+    if getattr(model, 'decoder_kind', None) == 'skip':  # resolved, so a later change of the default cannot break it
+        kwargs['skip_memory'] = model.decoder.memory.skip_memory
     return kwargs
 
 
@@ -132,18 +138,19 @@ def _vis_images(cfg: PretrainConfig, mean, std) -> Optional[torch.Tensor]:
 
 def train(cfg: PretrainConfig) -> TrainResult:
     """Run (or resume) one pretraining job described by `cfg`; see `train_pretrain.py --help`."""
-    start_time = time.time()
+    # the process's own CPU time (user + system, every thread) beside wall-clock: a busy machine slows the
+    # wall-clock of a run but not its CPU time, so equal-budget comparisons use the latter
+    start_time, start_cpu = time.time(), time.process_time()
     ctx = init_distributed(cfg.device)
     try:
-        return _train(cfg, ctx, start_time)
+        return _train(cfg, ctx, start_time, start_cpu)
     finally:
         ctx.close()
 
 
-def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainResult:
+def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float, start_cpu: float) -> TrainResult:
     device = ctx.device
-    if cfg.accum_iter < 1 or cfg.batch_size < 1:
-        raise ValueError(f'--batch-size ({cfg.batch_size}) and --accum-iter ({cfg.accum_iter}) must be >= 1')
+    check_pretrain_config(cfg)  # before anything is read or written
     out_dir = cfg.output_dir
     if ctx.is_primary:
         os.makedirs(out_dir, exist_ok=True)
@@ -153,7 +160,8 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
     mean, std = dataset_stats(cfg.dataset)
     base = build_dataset(cfg.dataset, 'train', cfg.data_dir, transform=None, download=cfg.download,
                          max_samples=cfg.max_train_samples, seed=cfg.seed)
-    transform = build_pretrain_transform(cfg.img_size, mean, std, pad_to=dataset_pad_to(cfg.dataset, cfg.img_size))
+    transform = build_pretrain_transform(cfg.img_size, mean, std, pad_to=dataset_pad_to(cfg.dataset, cfg.img_size),
+                                         scale=tuple(cfg.crop_scale))
     dataset = SeededAugmentation(base, transform, seed=cfg.seed)
     loader = build_loader(dataset, cfg.batch_size, shuffle=True, num_workers=cfg.workers, seed=cfg.seed,
                           drop_last=True, distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
@@ -185,6 +193,10 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
 
     # resume: an explicit --resume, else the output folder's last checkpoint
     step, epoch, batch_in_epoch, nonfinite_skipped = 0, 0, 0, 0
+    if cfg.resume and cfg.init:
+        raise ValueError(f'--resume {cfg.resume} continues a run (optimizer and schedule included) and --init '
+                         f'{cfg.init} starts a new one from weights; pass one of them')
+    init = None
     resume_path = cfg.resume or (os.path.join(out_dir, LAST) if cfg.auto_resume else None)
     if resume_path and (cfg.resume or os.path.exists(resume_path)):
         state = load_checkpoint(resume_path)
@@ -200,6 +212,12 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
         if ctx.is_primary:
             print(f'resumed from {resume_path} at step {step} (epoch {epoch}, batch {batch_in_epoch})')
         log.write(event='resume', step=step, epoch=epoch, checkpoint=resume_path)
+    elif cfg.init:
+        # a new run from a full pretraining model (after a kill, the folder's own checkpoint resumes it instead):
+        # every wrapper weight, strictly; the optimizer and schedule above stay fresh, at step 0
+        init = init_pretrain_model(model, cfg.init, cfg.model)
+        if ctx.is_primary:
+            print(f'initialised {cfg.model} from {cfg.init} ({init["path"]}, sha256 {init["sha256"][:12]}...)')
 
     if cfg.compile:
         task.compile()
@@ -217,7 +235,8 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
                 world_size=ctx.world_size, device=str(device), updates_per_epoch=updates_per_epoch,
                 total_updates=total_updates, torch=torch.__version__, timm=timm.__version__,
                 host=platform.node(), cpu=platform.processor() or platform.machine(),
-                gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None)
+                gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
+                init={k: v for k, v in init.items() if k != 'model_kwargs'} if init else None)
     log.write(event='start', step=step, config=cfg.to_dict(), **meta)
 
     result = TrainResult(output_dir=out_dir, checkpoint=None, encoder=None, log=os.path.join(out_dir, 'log.jsonl'))
@@ -349,7 +368,8 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
         if batch_in_epoch >= batches_per_epoch:  # the epoch ran to its end
             mean_loss = ctx.all_reduce_mean(torch.tensor(epoch_loss / max(epoch_count, 1), device=device)).item()
             log.write(event='epoch', step=step, epoch=epoch, loss=mean_loss,
-                      images_per_s=None, nonfinite_skipped=nonfinite_skipped, wall_time_s=time.time() - start_time)
+                      images_per_s=None, nonfinite_skipped=nonfinite_skipped, wall_time_s=time.time() - start_time,
+                      cpu_time_s=time.process_time() - start_cpu)
             epoch, batch_in_epoch = epoch + 1, 0
             epoch_loss, epoch_count = 0.0, 0
             save(tag=f'epoch{epoch:04d}')
@@ -365,7 +385,8 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float) -> TrainRes
                        extra_metadata={'pretrain_model': cfg.model, 'step': str(step)})
         picture('reconstruction-final.png')
     result.wall_time_s = time.time() - start_time
-    log.write(event='end', step=step, epoch=epoch, wall_time_s=result.wall_time_s,
+    result.cpu_time_s = time.process_time() - start_cpu
+    log.write(event='end', step=step, epoch=epoch, wall_time_s=result.wall_time_s, cpu_time_s=result.cpu_time_s,
               nonfinite_skipped=nonfinite_skipped, last_loss=result.last_loss)
     ctx.barrier()
     if ctx.is_primary:

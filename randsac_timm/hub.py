@@ -3,9 +3,14 @@
     python -m randsac_timm.hub export CHECKPOINT OUT_DIR [--tag TAG] [--results results.json ...]
     python -m randsac_timm.hub push CHECKPOINT_OR_EXPORT_DIR [--tag TAG] [--results ...] [--dry-run --out-dir DIR]
     python -m randsac_timm.hub package CHECKPOINT [--tag TAG] [--results ...] [--out-dir randsac_timm/weights]
+    python -m randsac_timm.hub card PACKAGED_JSON OUT_MD      (re)write the card of packaged weights
 
 An export folder holds exactly `config.json`, `model.safetensors` (plain timm ViT keys, encoder only) and a
-`README.md` model card built from the run's records (`model_card.py`). `config.json` names a stock timm `vit_*`
+`README.md` model card built from the run's records (`model_card.py`). With `--full`, export / push / package
+write the full pretraining model instead (`<wrapper>.<tag>`: encoder, decoder and skip weights, for continued
+pretraining with `train_pretrain.py --init`); its config.json names the registered wrapper with the `model_args`
+that rebuild it, so it loads with the plugin: `create_model('hf-hub:<repo>', pretrained=True)`.
+An encoder's `config.json` names a stock timm `vit_*`
 architecture with `model_args`, so plain timm loads it with `create_model('hf-hub:<repo>', pretrained=True)`; with
 randsac-timm imported, `create_model('<encoder>.<tag>', pretrained=True)` loads the same tensors. Repos are named
 `HUB_ORG/<encoder>.<tag>` (`randsac_vit.hub_repo_id`). docs/model_zoo.md describes the whole workflow.
@@ -27,19 +32,22 @@ from timm.models import get_arch_name, resolve_pretrained_cfg
 from timm.models._hub import save_config_for_hf  # no public alias in 1.0.x; timm's own config.json writer
 
 from .checkpoint import CheckpointError, atomic_write, export_encoder, load_pretrain_model
-from .encoder_loading import load_encoder, sha256_file
-from .model_card import RunRecord, render_card
+from .encoder_loading import FULL_MODEL_FORMAT, load_encoder, load_pretrain_state, sha256_file
+from .model_card import RunRecord, render_card, run_from_packaged
 from .randsac_vit import HUB_ORG, PACKAGED_WEIGHTS_DIR, hub_repo_id
 from .results import RESULT_KEYS
 
 __all__ = [
     'HUB_FILES', 'STOCK_ARCHITECTURES', 'PACKAGED_FORMAT', 'default_tag', 'stock_model_args', 'read_run', 'export',
-    'push', 'package', 'check_hub_folder', 'load_pretrained_encoder', 'main',
+    'push', 'package', 'check_hub_folder', 'load_pretrained_encoder', 'full_model_kwargs', 'main',
 ]
 
 HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.ckpt', '.pth.tar')
 PACKAGED_FORMAT = 'randsac-timm/packaged-weights/v1'
+PACKAGED_FULL_FORMAT = 'randsac-timm/packaged-pretrain/v1'
+# wrapper kwargs that choose how attention runs, not what the weights are: never published
+RUNTIME_KWARGS = ('attn_impl', 'attn_block_size')
 # The stock timm name config.json gives each encoder: the closest width; `model_args` fix every size that differs.
 STOCK_ARCHITECTURES = {
     'randsac_vit_micro_patch4_32': 'vit_tiny_patch16_224',
@@ -117,10 +125,21 @@ def _read_results(path: str, known_sha256: Sequence[str]) -> Dict[str, Any]:
     return results
 
 
+def full_model_kwargs(state: Dict[str, Any]) -> Dict[str, Any]:
+    """Factory kwargs that rebuild a checkpoint's wrapper anywhere: the recorded ones with the decoder sizes made
+    explicit (a later change of the defaults cannot change what they build) and the attention runtime dropped."""
+    from .randsac_pretrain import PRETRAIN_ARGS
+
+    sizes = {k: v for k, v in PRETRAIN_ARGS.get(state['encoder_name'], {}).items() if k.startswith('decoder_')}
+    kwargs = dict(sizes, **(state.get('model_kwargs') or {}))
+    return {k: v for k, v in kwargs.items() if k not in RUNTIME_KWARGS}
+
+
 def read_run(
         checkpoint: str,
         tag: Optional[str] = None,
         log: Optional[str] = None,
+        full: bool = False,
 ) -> Tuple[RunRecord, torch.nn.Module]:
     """Load a pretraining checkpoint's encoder and gather the records its card may state.
 
@@ -129,12 +148,16 @@ def read_run(
             `encoder.safetensors` (then its `log.jsonl` supplies the configuration and progress).
         tag: weight tag; default `default_tag(dataset)`.
         log: the run's `log.jsonl`; default the one beside the checkpoint.
+        full: describe the full pretraining model (`<wrapper>.<tag>`) instead of the encoder; needs a checkpoint.
 
     Returns:
-        (run record without results, the encoder in eval mode); `export` adds the results once it knows the
-        exported file's hash.
+        (run record without results, the encoder or with `full` the rebuilt wrapper, in eval mode); `export` adds
+        the results once it knows the exported file's hash.
     """
     log_path = log or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'log.jsonl')
+    if full and checkpoint.endswith('.safetensors'):
+        raise CheckpointError(f'{checkpoint} holds the encoder alone; --full exports the decoder too, so pass the '
+                              f'run\'s train_pretrain.py checkpoint (checkpoint-last.pth)')
     if checkpoint.endswith('.safetensors'):
         # a run's exported encoder.safetensors: the weights; its log.jsonl holds the rest of the record
         encoder, state = _encoder_run_state(checkpoint, log_path)
@@ -158,7 +181,17 @@ def read_run(
                                                       'model_name', 'nonfinite_skipped')},
         log=_read_log(log_path),
     )
-    return run, encoder
+    if not full:
+        return run, encoder
+    # the wrapper rebuilt from the published kwargs alone must hold the checkpoint's weights exactly
+    model_name, kwargs = state['model_name'], full_model_kwargs(state)
+    wrapper = timm.create_model(model_name, **kwargs)
+    load_pretrain_state(wrapper, state['model'], checkpoint, model_name, f'{model_name} rebuilt from {kwargs}')
+    run.name, run.repo_id = f'{model_name}.{tag}', hub_repo_id(model_name, tag)
+    run.architecture, run.model_args, run.kind = model_name, kwargs, 'pretrain'
+    run.num_params = sum(v.numel() for v in wrapper.state_dict().values())
+    run.pretrained_cfg.pop('architecture', None)
+    return run, wrapper.eval()
 
 
 def _encoder_run_state(path: str, log_path: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:
@@ -193,11 +226,13 @@ def export(
         tag: Optional[str] = None,
         results: Sequence[str] = (),
         log: Optional[str] = None,
+        full: bool = False,
 ) -> RunRecord:
     """Write the encoder of `checkpoint` as a Hub folder: `model.safetensors`, `config.json`, `README.md`.
 
     The folder is checked after writing: plain timm loads it through `local-dir:` and its features equal the
-    checkpoint encoder's bit for bit.
+    checkpoint encoder's bit for bit. With `full`, the folder holds the whole pretraining wrapper instead, checked
+    by loading it back through `local-dir:` (with the plugin) and comparing every tensor.
 
     Args:
         checkpoint: a `train_pretrain.py` checkpoint.
@@ -205,15 +240,18 @@ def export(
         tag: weight tag, default from the data set ('fmnist' for Fashion-MNIST); the repo is HUB_ORG/<encoder>.<tag>.
         results: `results.json` files of `eval_linear.py` / `eval_finetune.py` runs on this checkpoint.
         log: the run's `log.jsonl` (default: beside the checkpoint).
+        full: export the full pretraining model `<wrapper>.<tag>` (encoder, decoder, skip weights).
 
     Returns:
         the run record the card was written from.
     """
-    run, encoder = read_run(checkpoint, tag, log=log)
+    run, encoder = read_run(checkpoint, tag, log=log, full=full)
     os.makedirs(out_dir, exist_ok=True)
     stray = sorted(set(os.listdir(out_dir)) - set(HUB_FILES))
     if stray:
         raise FileExistsError(f'{out_dir} holds {stray}; export into an empty folder (it is uploaded as it is)')
+    if full:
+        return _export_full(checkpoint, out_dir, run, encoder, results)
 
     plain = _plain_vit(run)
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
@@ -227,15 +265,45 @@ def export(
     atomic_write(os.path.join(out_dir, 'config.json'),
                  lambda tmp: save_config_for_hf(plain, tmp, model_args=run.model_args))
 
-    known = [run.checkpoint_sha256, sha256_file(weights)]
-    sibling = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'encoder.safetensors')
-    if os.path.isfile(sibling):
-        known.append(sha256_file(sibling))
-    run.results = [(os.path.basename(p), _read_results(p, known)) for p in results]
+    run.results = [(os.path.basename(p), _read_results(p, _known_hashes(checkpoint, weights, run))) for p in results]
     card = render_card(run)
     _write_text(os.path.join(out_dir, 'README.md'), card)
 
     _check_export_matches(out_dir, encoder)
+    return run
+
+
+def _known_hashes(checkpoint: str, weights: str, run: RunRecord) -> List[str]:
+    known = [run.checkpoint_sha256, sha256_file(weights)]
+    sibling = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'encoder.safetensors')
+    if os.path.isfile(sibling):
+        known.append(sha256_file(sibling))
+    return known
+
+
+def _export_full(checkpoint: str, out_dir: str, run: RunRecord, wrapper: torch.nn.Module,
+                 results: Sequence[str]) -> RunRecord:
+    """`model.safetensors` (every wrapper tensor, metadata that rebuilds it), config.json naming the wrapper, card."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in wrapper.state_dict().items()}
+    metadata = {
+        'format': 'pt', 'randsac_format': FULL_MODEL_FORMAT, 'model_name': run.architecture,
+        'model_kwargs': json.dumps(run.model_args), 'encoder_name': run.encoder_name,
+        'hub_repo_id': run.repo_id, 'tag': run.name.split('.', 1)[1], 'checkpoint_sha256': run.checkpoint_sha256,
+        'step': str(run.state.get('step'))}
+    weights = os.path.join(out_dir, 'model.safetensors')
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=metadata))
+    config = dict(architecture=run.architecture, num_classes=0, model_args=run.model_args,
+                  pretrained_cfg=run.pretrained_cfg)
+    _write_text(os.path.join(out_dir, 'config.json'), json.dumps(config, indent=2) + '\n')
+    run.results = [(os.path.basename(p), _read_results(p, _known_hashes(checkpoint, weights, run))) for p in results]
+    _write_text(os.path.join(out_dir, 'README.md'), render_card(run))
+
+    check_hub_folder(out_dir)
+    loaded = timm.create_model(f'local-dir:{os.path.abspath(out_dir)}', pretrained=True).state_dict()
+    if set(loaded) != set(state) or not all(torch.equal(loaded[k], v) for k, v in state.items()):
+        raise CheckpointError(f'{out_dir}: the reloaded full model differs from the checkpoint\'s; not exported')
     return run
 
 
@@ -358,8 +426,10 @@ def push(
         dry_run: bool = False,
         private: bool = False,
         commit_message: Optional[str] = None,
+        full: bool = False,
 ) -> str:
-    """Upload an encoder to the Hub: safetensors, config.json and the card, nothing else.
+    """Upload an encoder (or with `full` the full pretraining model) to the Hub: safetensors, config.json and the
+    card, nothing else.
 
     Args:
         source: a pretraining checkpoint (exported first) or an existing export folder.
@@ -370,14 +440,15 @@ def push(
         dry_run: write the folder exactly as it would be uploaded, and stop.
         private: create the repo private.
         commit_message: Hub commit message.
+        full: export the full pretraining model `<wrapper>.<tag>` from a checkpoint source.
 
     Returns:
         the folder that was (or would be) uploaded.
     """
     temp = None
     if os.path.isdir(source):
-        if tag or results:
-            raise ValueError(f'{source} is an export folder: its tag and results were fixed at export')
+        if tag or results or full:
+            raise ValueError(f'{source} is an export folder: its tag, results and kind were fixed at export')
         folder = source
         check_hub_folder(folder)
         with safe_open(os.path.join(folder, 'model.safetensors'), framework='pt') as f:
@@ -387,7 +458,7 @@ def push(
             raise ValueError('--dry-run of a checkpoint needs --out-dir DIR: the folder it writes for inspection')
         if out_dir is None:
             out_dir = temp = tempfile.mkdtemp(prefix='randsac-hub-')
-        run = export(source, out_dir, tag, results)
+        run = export(source, out_dir, tag, results, full=full)
         folder, default_repo = out_dir, run.repo_id
     try:
         check_hub_folder(folder)
@@ -420,8 +491,13 @@ def package(
         results: Sequence[str] = (),
         out_dir: str = PACKAGED_WEIGHTS_DIR,
         log: Optional[str] = None,
+        full: bool = False,
 ) -> Tuple[str, str]:
     """Ship an encoder inside randsac-timm: `<encoder>.<tag>.safetensors` + `<encoder>.<tag>.json` in `out_dir`.
+
+    With `full`, the full pretraining model as `<wrapper>.<tag>.safetensors` + `.json` instead: at import the
+    wrapper registers the tag (`encoder_loading.pretrain_default_cfgs`), so
+    `timm.create_model('<wrapper>.<tag>', pretrained=True)` loads encoder, decoder and skip weights offline.
 
     At import, `randsac_vit.py` registers each such pair as the tag `<encoder>.<tag>` with `file=` pointing at
     it, so `timm.create_model('<encoder>.<tag>', pretrained=True)` works offline. The JSON holds the Hub id, the
@@ -432,14 +508,15 @@ def package(
         (weights path, json path).
     """
     with tempfile.TemporaryDirectory(prefix='randsac-package-') as tmp:
-        run = export(checkpoint, tmp, tag, results, log)
+        run = export(checkpoint, tmp, tag, results, log, full=full)
         os.makedirs(out_dir, exist_ok=True)
         weights = os.path.join(out_dir, f'{run.name}.safetensors')
         atomic_write(weights, lambda dst: shutil.copyfile(os.path.join(tmp, 'model.safetensors'), dst))
         with open(os.path.join(tmp, 'config.json')) as f:
             config = json.load(f)
     meta = dict(
-        format=PACKAGED_FORMAT, name=run.name, hf_hub_id=run.repo_id, sha256=sha256_file(weights), config=config,
+        format=PACKAGED_FULL_FORMAT if full else PACKAGED_FORMAT, name=run.name, hf_hub_id=run.repo_id,
+        sha256=sha256_file(weights), config=config,
         pretraining=dict(checkpoint=run.checkpoint, checkpoint_sha256=run.checkpoint_sha256, **run.state,
                          log=[r for r in run.log if r.get('event') in ('start', 'end', 'resume')]),
         evaluations=[dict(file=name, **r) for name, r in run.results],
@@ -457,6 +534,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument('--tag', default=None, help='weight tag (default from the data set, e.g. fmnist)')
         p.add_argument('--results', action='append', default=[], metavar='PATH',
                        help='results.json of eval_linear.py / eval_finetune.py on this checkpoint (repeatable)')
+        p.add_argument('--full', action='store_true',
+                       help='the full pretraining model <wrapper>.<tag> (encoder, decoder, skip weights) for continued '
+                            'pretraining, instead of the encoder alone; needs the checkpoint (.pth)')
 
     p = sub.add_parser('export', help='write config.json, model.safetensors and README.md to OUT_DIR')
     p.add_argument('checkpoint')
@@ -478,22 +558,36 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument('--out-dir', default=PACKAGED_WEIGHTS_DIR)
     p.add_argument('--log', default=None)
+
+    p = sub.add_parser('card', help='(re)write the model card of packaged weights from their <name>.json')
+    p.add_argument('packaged_json')
+    p.add_argument('out')
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        _run_command(args)
+    except (CheckpointError, ValueError, FileNotFoundError, FileExistsError) as e:
+        raise SystemExit(f'error: {e}') from None  # a user's mistake: one line, no traceback
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> None:
     if args.command == 'export':
-        run = export(args.checkpoint, args.out_dir, args.tag, args.results, args.log)
+        run = export(args.checkpoint, args.out_dir, args.tag, args.results, args.log, full=args.full)
         print(f'exported {run.name} to {args.out_dir} (repo {run.repo_id}); load it with '
               f'timm.create_model("local-dir:{os.path.abspath(args.out_dir)}", pretrained=True)')
     elif args.command == 'push':
         push(args.source, args.tag, args.results, args.repo_id, args.out_dir, args.dry_run, args.private,
-             args.commit_message)
-    else:
-        weights, meta = package(args.checkpoint, args.tag, args.results, args.out_dir, args.log)
+             args.commit_message, full=args.full)
+    elif args.command == 'package':
+        weights, meta = package(args.checkpoint, args.tag, args.results, args.out_dir, args.log, full=args.full)
         print(f'packaged {weights} and {meta}')
-    return 0
+    else:
+        _write_text(args.out, render_card(run_from_packaged(args.packaged_json)))
+        print(f'wrote the card of {args.packaged_json} to {args.out}')
 
 
 if __name__ == '__main__':

@@ -4,10 +4,10 @@ Paper: `Masked Autoencoders Are Scalable Vision Learners` - https://arxiv.org/ab
 (the baseline RandSAC compares against in Table 9 of https://arxiv.org/abs/2203.12054)
 
 `forward(images)` = `random_masking` (per-sample argsort of noise) -> `forward_encoder` on the visible
-tokens only -> `forward_decoder` (mask tokens + fixed sin-cos positions, timm `Block`s) -> norm-pix MSE on the
-masked tokens. The output has the same contract as `RandSACPretrain` (`RandSACOutput`), with `rank` 0 for
-visible and 1 for masked tokens: a two-segment "order", so the training engine and the reconstruction
-pictures work unchanged.
+tokens only, then a LayerNorm as in MAE -> `forward_decoder` (mask tokens + fixed sin-cos positions, timm `Block`s)
+-> norm-pix MSE on the masked tokens. The output has the same contract as `RandSACPretrain` (`RandSACOutput`),
+with `rank` 0 for visible and 1 for masked tokens: a two-segment "order", so the training engine and the
+reconstruction pictures work unchanged.
 
 Running a timm ViT on a subset of its tokens: timm has no public entry point for it (`forward_features` takes
 every token; its `PatchDropout` draws its own random keep-set from the global RNG and does not return it).
@@ -20,7 +20,7 @@ Registered as `mae_pretrain_<encoder>` for every `randsac_vit_<encoder>` (e.g. `
 with the same decoder sizes as that encoder's RandSAC wrapper (`PRETRAIN_ARGS`).
 """
 from dataclasses import dataclass
-from typing import Any, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,8 @@ from timm.models import VisionTransformer, register_model
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
+from .encoder_loading import create_pretrained_wrapper, pretrain_default_cfgs
+from .initialization import init_linear_and_norm
 from .losses import masked_mse, pixel_target
 from .randsac_pretrain import PRETRAIN_ARGS, RandSACOutput, RandSACPretrain, build_wrapper_encoder
 from .randsac_vit import sincos_pos_embed
@@ -78,14 +80,6 @@ def random_masking(
     return order >= num_tokens - num_masked
 
 
-def _init_weights(m: nn.Module) -> None:
-    # MAE's decoder init: xavier-uniform linears, zero biases
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 def _run_block(blk: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
     if grad_checkpointing and torch.is_grad_enabled():
         return checkpoint(blk, x, use_reentrant=False)
@@ -125,7 +119,7 @@ class MAEDecoder(nn.Module):
         self.norm = LayerNorm(embed_dim)
         self.pred = nn.Linear(embed_dim, out_dim)
         self.grad_checkpointing = False
-        self.apply(_init_weights)
+        self.apply(init_linear_and_norm)
         trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
@@ -190,6 +184,10 @@ class MAEPretrain(nn.Module):
         self.segments = RandomMasking(mask_ratio)
         self.segments.validate(self.grid_size)
         self.norm_pix = norm_pix
+        # MAE's decoder reads LayerNorm'd encoder tokens. timm's ViT with average pooling keeps its final LayerNorm in
+        # `fc_norm` (pooled features, frozen here) and makes `norm` an Identity, so the wrapper trains its own norm
+        # there; like the decoder it is not part of the exported encoder.
+        self.latent_norm = LayerNorm(encoder.embed_dim) if isinstance(encoder.norm, nn.Identity) else nn.Identity()
         self.decoder = MAEDecoder(
             encoder_dim=encoder.embed_dim,
             out_dim=self.patch_size[0] * self.patch_size[1] * self.in_chans,
@@ -222,13 +220,14 @@ class MAEPretrain(nn.Module):
             ids_keep: (B, N_vis) raster indices of the visible tokens.
 
         Returns:
-            (B, N_vis, D_enc) final-norm encoder output of the visible tokens.
+            (B, N_vis, D_enc) LayerNorm'd encoder output of the visible tokens (the encoder's `norm`, or the
+            wrapper's `latent_norm` where that is an Identity).
         """
         x = first_block_input(self.encoder, images)  # (B, N, D_enc); norm_pre is per token, so gathering after is fine
         x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N_vis, D_enc)
         for blk in self.encoder.blocks:
             x = _run_block(blk, x, self.encoder.grad_checkpointing)
-        return self.encoder.norm(x)
+        return self.latent_norm(self.encoder.norm(x))
 
     def forward(
             self,
@@ -292,36 +291,45 @@ def create_mae_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: A
     return MAEPretrain(encoder, **decoder_args)
 
 
+# full MAE models packaged in randsac_timm/weights/ (`hub package --full`) become tags; none is declared
+default_cfgs = pretrain_default_cfgs({f'mae_pretrain_{name[len("randsac_"):]}': name for name in PRETRAIN_ARGS}, {})
+
+
+def _entry(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> MAEPretrain:
+    encoder_name = name.replace('mae_pretrain_', 'randsac_', 1)
+    return create_pretrained_wrapper(name, lambda **kw: create_mae_pretrain(encoder_name, **kw), pretrained, kwargs)
+
+
 @register_model
 def mae_pretrain_vit_micro_patch4_32(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
-    return create_mae_pretrain('randsac_vit_micro_patch4_32', pretrained, **kwargs)
+    return _entry('mae_pretrain_vit_micro_patch4_32', pretrained, kwargs)
 
 
 @register_model
 def mae_pretrain_vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
-    return create_mae_pretrain('randsac_vit_tiny_patch4_32', pretrained, **kwargs)
+    return _entry('mae_pretrain_vit_tiny_patch4_32', pretrained, kwargs)
 
 
 @register_model
 def mae_pretrain_vit_small_patch4_32(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
-    return create_mae_pretrain('randsac_vit_small_patch4_32', pretrained, **kwargs)
+    return _entry('mae_pretrain_vit_small_patch4_32', pretrained, kwargs)
 
 
 @register_model
 def mae_pretrain_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
-    return create_mae_pretrain('randsac_vit_small_patch16_224', pretrained, **kwargs)
+    return _entry('mae_pretrain_vit_small_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def mae_pretrain_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
-    return create_mae_pretrain('randsac_vit_base_patch16_224', pretrained, **kwargs)
+    return _entry('mae_pretrain_vit_base_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def mae_pretrain_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
-    return create_mae_pretrain('randsac_vit_large_patch16_224', pretrained, **kwargs)
+    return _entry('mae_pretrain_vit_large_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def mae_pretrain_vit_base(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
-    return create_mae_pretrain('randsac_vit_base', pretrained, **kwargs)
+    return _entry('mae_pretrain_vit_base', pretrained, kwargs)

@@ -3,12 +3,21 @@
 Every number on the card comes from the pretraining checkpoint, its `log.jsonl`, or a `results.json` of
 `eval_linear.py` / `eval_finetune.py` (percentages are those values rounded to two decimals); a metric no
 results file holds is not shown. `hub.py` gathers the records into a `RunRecord`; `render_card` formats them.
+
+The front matter is built with `huggingface_hub`'s own card classes (`ModelCardData`, `EvalResult`): library `timm`,
+tags, license, the Hub ids of the data sets, `base_model` when the run started from a published model (`--init`),
+and a `model-index` with one entry per measured number (split and command included), which the Hub shows as
+evaluation results and which `ModelCard.load(...).data.eval_results` reads back.
 """
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['RunRecord', 'CITATION', 'METRICS', 'render_card', 'format_pct']
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+__all__ = ['RunRecord', 'CITATION', 'METRICS', 'HUB_DATASETS', 'render_card', 'card_data', 'eval_results',
+           'format_pct', 'run_from_packaged']
 
 CITATION = '''@article{hua2022randsac,
   title   = {Self-supervision through Random Segments with Autoregressive Coding (RandSAC)},
@@ -17,13 +26,31 @@ CITATION = '''@article{hua2022randsac,
   year    = {2022}
 }'''
 
-# results.json top-level key -> card column
+# results.json top-level key -> card column; a key a results file does not hold is skipped
 METRICS: Tuple[Tuple[str, str], ...] = (
     ('top1', 'top-1 (%)'),
+    ('top1_ema', 'EMA top-1 (%)'),
     ('knn_top1', 'kNN top-1 (%)'),
+    ('lbfgs_top1', 'L-BFGS logistic top-1 (%)'),
     ('pixel_linear_top1', 'raw-pixel linear top-1 (%)'),
     ('pixel_knn_top1', 'raw-pixel kNN top-1 (%)'),
+    ('pixel_pca_linear_top1', 'raw-pixel PCA linear top-1 (%)'),
+    ('pixel_lbfgs_top1', 'raw-pixel L-BFGS top-1 (%)'),
 )
+# the model-index names of the same numbers ('top1' is named after the protocol)
+METRIC_NAMES = {
+    'top1_ema': 'fine-tuning top-1 (EMA weights)', 'knn_top1': 'kNN top-1',
+    'lbfgs_top1': 'logistic regression (L-BFGS, converged) top-1', 'pixel_linear_top1': 'raw-pixel linear top-1',
+    'pixel_knn_top1': 'raw-pixel kNN top-1', 'pixel_pca_linear_top1': 'raw-pixel PCA + linear top-1',
+    'pixel_lbfgs_top1': 'raw-pixel logistic regression (L-BFGS) top-1',
+}
+PER_BLOCK_KEY = 'per_block_top1'
+# our data set names -> (Hub dataset id, pretty name, Hub split of our 'val' split); others get no dataset link
+HUB_DATASETS = {
+    'fashion_mnist': ('zalando-datasets/fashion_mnist', 'Fashion-MNIST', 'test'),
+    'cifar10': ('uoft-cs/cifar10', 'CIFAR-10', 'test'),
+    'cifar100': ('uoft-cs/cifar100', 'CIFAR-100', 'test'),
+}
 
 # pretraining hyper-parameters shown in the recipe table, in this order (PretrainConfig field names)
 RECIPE_KEYS = (
@@ -54,6 +81,7 @@ class RunRecord:
         state: checkpoint fields other than weights and optimizer (config, step, epoch, wall_time_s, world_size).
         log: `log.jsonl` records ('start', 'epoch', 'end', 'resume'), [] when no log was found.
         results: (file name, results dict) of each evaluation.
+        kind: 'encoder' (the encoder alone) or 'pretrain' (the full pretraining model: encoder, decoder, skips).
     """
 
     name: str
@@ -69,10 +97,18 @@ class RunRecord:
     state: Dict[str, Any]
     log: List[Dict[str, Any]] = field(default_factory=list)
     results: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
+    kind: str = 'encoder'
 
     @property
     def config(self) -> Dict[str, Any]:
         return self.state.get('config') or {}
+
+    @property
+    def base_model(self) -> Optional[str]:
+        """The Hub repo this run started from (`--init`), as its log's first start record names it."""
+        starts = self.events('start')
+        init = starts[0].get('init') if starts else None
+        return init.get('hf_hub_id') if isinstance(init, dict) else None
 
     def events(self, name: str) -> List[Dict[str, Any]]:
         return [r for r in self.log if r.get('event') == name]
@@ -112,14 +148,117 @@ def _hardware(record: Dict[str, Any]) -> str:
     return f'{text} ({device}{"; " + versions if versions else ""})'
 
 
-def _front_matter(run: RunRecord) -> str:
-    dataset = run.config.get('dataset')
-    lines = ['---', 'library_name: timm', f'license: {run.pretrained_cfg.get("license", "apache-2.0")}',
-             'pipeline_tag: image-feature-extraction', 'tags:', '- image-feature-extraction', '- timm', '- randsac',
-             '- self-supervised']
-    if dataset:
-        lines += ['datasets:', f'- {dataset}']
-    return '\n'.join(lines + ['---'])
+def hub_dataset(name: Optional[str]) -> Tuple[Optional[str], str, str]:
+    """(Hub dataset id or None, pretty name, Hub split of our 'val' split) of a data set name."""
+    if not name:
+        return None, 'unrecorded data set', 'validation'
+    if str(name).startswith('hfds/'):
+        return name[5:], name[5:], 'validation'
+    from .data import canonical_dataset_name
+
+    try:
+        key = canonical_dataset_name(str(name))
+    except ValueError:
+        key = str(name)
+    return HUB_DATASETS.get(key, (None, str(name), 'validation'))
+
+
+def _dataset_name(results: Dict[str, Any]) -> Optional[str]:
+    data = results.get('dataset')
+    return data.get('name') if isinstance(data, dict) else data
+
+
+def _protocol_label(results: Dict[str, Any]) -> str:
+    """'linear probe (fast)', 'fine-tuning (2 epochs)', ...: what 'top1' of this results file measured."""
+    protocol = results.get('protocol')
+    name = str(protocol.get('name', 'evaluation')) if isinstance(protocol, dict) else str(protocol or 'evaluation')
+    name = {'linear_probe': 'linear probe', 'finetune': 'fine-tuning'}.get(name, name.replace('_', ' '))
+    return _protocol(results, name)
+
+
+def _per_block(results: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """[(block label, percentage)] of `per_block_top1` (a list of numbers, or of {block, top1}), [] when absent."""
+    values = results.get(PER_BLOCK_KEY)
+    if not isinstance(values, list):
+        return []
+    out = []
+    for i, v in enumerate(values):
+        block, value = (v.get('block', i + 1), v.get('top1')) if isinstance(v, dict) else (i + 1, v)
+        if format_pct(value) is not None:
+            out.append((str(block), format_pct(value)))
+    return out
+
+
+def command_of(results: Dict[str, Any]) -> Tuple[Optional[str], bool]:
+    """(the command that produced `results`, whether it was rebuilt): its recorded `command`, else one rebuilt
+    from its `hyperparameters` (every option that differs from the script's default), else None."""
+    if results.get('command'):
+        return str(results['command']), False
+    hyper = results.get('hyperparameters')
+    protocol = results.get('protocol')
+    name = protocol.get('name') if isinstance(protocol, dict) else protocol
+    if not isinstance(hyper, dict) or name not in ('linear_probe', 'finetune'):
+        return None, False
+    import dataclasses
+
+    from .eval_config import FinetuneConfig, LinearProbeConfig
+
+    script, cls = ('eval_linear.py', LinearProbeConfig) if name == 'linear_probe' else ('eval_finetune.py',
+                                                                                       FinetuneConfig)
+    parts = [f'python {script}']
+    for f in dataclasses.fields(cls):
+        if f.name not in hyper or f.default is dataclasses.MISSING:
+            continue
+        value, default = hyper[f.name], f.default
+        if (list(value) if isinstance(value, (list, tuple)) else value) == (
+                list(default) if isinstance(default, tuple) else default):
+            continue
+        flag = '--' + f.name.replace('_', '-')
+        if isinstance(value, bool):
+            parts.append(flag if value else f'--no-{f.name.replace("_", "-")}')
+        elif isinstance(value, (list, tuple)):
+            parts.append(f'{flag} {" ".join(str(v) for v in value)}')
+        else:
+            parts.append(f'{flag} {"none" if value is None else value}')
+    return ' '.join(parts), True
+
+
+def eval_results(run: RunRecord) -> List[EvalResult]:
+    """One `EvalResult` per number a results file holds (rounded as on the card), with its split and command."""
+    out = []
+    for fname, r in run.results:
+        dataset_id, pretty, split = hub_dataset(_dataset_name(r))
+        command, rebuilt = command_of(r)
+        args = dict(record=fname)
+        if command:
+            args.update(command=command, **({'command_rebuilt_from': 'hyperparameters'} if rebuilt else {}))
+        common = dict(task_type='image-classification', task_name='Image Classification',
+                      dataset_type=dataset_id or pretty, dataset_name=pretty, dataset_split=split,
+                      metric_type='accuracy', metric_args=args)
+        label = _protocol_label(r)
+        for key, _ in METRICS:
+            value = format_pct(r.get(key))
+            if value is not None:
+                name = f'{label} top-1' if key == 'top1' else METRIC_NAMES[key]
+                out.append(EvalResult(metric_name=name, metric_value=float(value), **common))
+        for block, value in _per_block(r):
+            out.append(EvalResult(metric_name=f'{label} top-1, block {block}', metric_value=float(value), **common))
+    return out
+
+
+def card_data(run: RunRecord) -> ModelCardData:
+    """The card's metadata as `huggingface_hub` writes and validates it."""
+    datasets = [hub_dataset(run.config.get('dataset'))[0]]
+    datasets += [hub_dataset(_dataset_name(r))[0] for _, r in run.results]
+    datasets = [d for i, d in enumerate(datasets) if d and d not in datasets[:i]]
+    results = eval_results(run)
+    tags = ['timm', 'randsac', 'self-supervised', 'vision-transformer']
+    tags += ['image-feature-extraction'] if run.kind == 'encoder' else ['masked-image-modeling', 'pretraining']
+    return ModelCardData(
+        library_name='timm', license=run.pretrained_cfg.get('license', 'apache-2.0'), tags=tags,
+        pipeline_tag='image-feature-extraction' if run.kind == 'encoder' else None,
+        datasets=datasets or None, base_model=run.base_model, model_name=run.name if results else None,
+        eval_results=results or None)
 
 
 def _architecture(run: RunRecord) -> str:
@@ -182,15 +321,15 @@ def _hardware_section(run: RunRecord) -> str:
     return text
 
 
-def _protocol(results: Dict[str, Any]) -> str:
+def _protocol(results: Dict[str, Any], name: Optional[str] = None) -> str:
     protocol = results.get('protocol')
     hyper = results.get('hyperparameters') if isinstance(results.get('hyperparameters'), dict) else {}
     # the schedule length belongs next to the number: a 2-epoch fine-tune is not the paper's 100
     details = [str(protocol['mode'])] if isinstance(protocol, dict) and protocol.get('mode') else []
     details += [f'{hyper["epochs"]} epochs'] if hyper.get('epochs') else []
-    if isinstance(protocol, dict):
+    if name is None and isinstance(protocol, dict):
         name = str(protocol.get('name', 'evaluation')).replace('_', ' ')
-    else:
+    elif name is None:
         name = str(protocol or 'evaluation')
     return f'{name} ({", ".join(details)})' if details else name
 
@@ -224,12 +363,20 @@ def _results_section(run: RunRecord) -> str:
         if isinstance(protocol, dict) and protocol.get('feature'):
             head = f'; head = {protocol["head"]}' if protocol.get('head') else ''
             notes.append(f'- `{fname}`: features = {protocol["feature"]}{head}.')
-        if r.get('command'):
-            notes.append(f'- `{fname}` command: `{r["command"]}`')
+        command, rebuilt = command_of(r)
+        if command:
+            how = ' (rebuilt from the record\'s hyperparameters)' if rebuilt else ''
+            notes.append(f'- `{fname}` command{how}: `{command}`')
     if notes:
         text += '\n\n' + '\n'.join(notes)
-    text += ('\n\n"top-1" is the linear probe, or fine-tuning for a fine-tuning record; the raw-pixel columns are the '
-             'same head / kNN on flattened pixels, the baseline any encoder should beat.')
+    blocks = [(fname, _per_block(r)) for fname, r in run.results if _per_block(r)]
+    for fname, values in blocks:
+        text += (f'\n\nLinear probe on the mean of each block\'s tokens (`{fname}`):\n\n'
+                 + _table(['block'] + [b for b, _ in values], [['top-1 (%)'] + [v for _, v in values]]))
+    text += ('\n\n"top-1" is the linear probe, or fine-tuning for a fine-tuning record; "L-BFGS logistic" is a '
+             'converged logistic-regression readout of the same features; the raw-pixel columns are the same heads / '
+             'kNN on flattened pixels (or their PCA), the baseline any encoder should beat. The same numbers are in '
+             'the card\'s `model-index` metadata, with the split and the command.')
     return text
 
 
@@ -274,24 +421,108 @@ builds the architecture with random weights. `randsac_timm.data.build_eval_trans
 preprocessing of the results above.'''
 
 
+def _full_model_details(run: RunRecord) -> str:
+    a = run.model_args
+    rows = [
+        ('pretraining wrapper (randsac-timm)', f'`{run.architecture}`'),
+        ('encoder', f'`{run.encoder_name}` (published alone as `{run.encoder_name}.{run.name.split(".", 1)[1]}`)'),
+        ('rebuild arguments', f'`{json.dumps(a, sort_keys=True)}` (config.json `model_args`)'),
+        ('parameters and buffers saved', f'{run.num_params:,}'),
+    ]
+    return _table(('', ''), rows)
+
+
+def _full_usage(run: RunRecord) -> str:
+    c, h, w = run.pretrained_cfg.get('input_size', (3, 224, 224))
+    return f'''The full model needs the plugin (`pip install randsac-timm`); plain timm does not know the wrapper.
+
+```python
+import timm
+import torch
+import randsac_timm  # noqa: F401  registers the pretraining wrappers and their weight tags
+
+model = timm.create_model('{run.name}', pretrained=True)  # a release that packages or registers this tag
+model = timm.create_model('hf-hub:{run.repo_id}', pretrained=True)  # any release, from the Hub
+out = model(torch.randn(4, {c}, {h}, {w}))  # out.loss, out.pred (B, tokens, patch pixels), out.rank, out.loss_mask
+```
+
+Continue pretraining on your own data (new optimizer and schedule, step 0; every wrapper weight is loaded
+strictly, so the run must use the same architecture, decoder and input size):
+
+```bash
+python train_pretrain.py --init hf-hub:{run.repo_id} --dataset imagefolder --data-dir /my/images
+```
+
+Reconstruction pictures: `randsac_timm.visualize.save_reconstruction(path, model, images, mean, std)` with the
+model's `pretrained_cfg` mean and std.'''
+
+
 def render_card(run: RunRecord) -> str:
-    """The model card of `run` as Markdown with Hub front matter."""
+    """The model card of `run`: `huggingface_hub` metadata (front matter with `model-index`) and Markdown."""
     cfg = run.config
     dataset = cfg.get('dataset', 'an unrecorded data set')
+    source = (f'exported by randsac-timm from `{run.checkpoint}` (SHA-256 `{run.checkpoint_sha256}`)')
+    init = (f' The run started from [`{run.base_model}`](https://huggingface.co/{run.base_model}) (`--init`).'
+            if run.base_model else '')
+    if run.kind == 'pretrain':
+        intro = (f'The full RandSAC pretraining model (Random Segments with Autoregressive Coding, '
+                 f'[arXiv:2203.12054](https://arxiv.org/abs/2203.12054)) pretrained on **{dataset}**, {source}: '
+                 f'encoder, decoder and skip-connection weights, for continued pretraining, reconstruction pictures '
+                 f'or decoder studies. For features, use the encoder alone.{init}')
+        details, usage = _full_model_details(run), _full_usage(run)
+        results_intro = 'Evaluations of the encoder inside this model.\n\n'
+    else:
+        intro = (f'A Vision Transformer encoder pretrained with RandSAC (Random Segments with Autoregressive Coding, '
+                 f'[arXiv:2203.12054](https://arxiv.org/abs/2203.12054)) on **{dataset}**, {source}. '
+                 f'Only the encoder is published: no decoder, no pretraining-only tensors.{init}')
+        details, usage, results_intro = _architecture(run), _usage(run), ''
     sections = [
-        _front_matter(run),
         f'# {run.name}',
-        f'A Vision Transformer encoder pretrained with RandSAC (Random Segments with Autoregressive Coding, '
-        f'[arXiv:2203.12054](https://arxiv.org/abs/2203.12054)) on **{dataset}**, exported by '
-        f'randsac-timm from `{run.checkpoint}` (SHA-256 `{run.checkpoint_sha256}`). '
-        f'Only the encoder is published: no decoder, no pretraining-only tensors.',
-        '## Model details\n\n' + _architecture(run),
+        intro,
+        '## Model details\n\n' + details,
         '## Pretraining recipe\n\nFrom the checkpoint\'s stored configuration and its `log.jsonl`.\n\n' + _recipe(run),
         '## Hardware and wall-clock\n\n' + _hardware_section(run),
-        '## Evaluation\n\n' + _results_section(run),
-        '## Usage\n\n' + _usage(run),
+        '## Evaluation\n\n' + results_intro + _results_section(run),
+        '## Usage\n\n' + usage,
         f'## License\n\n`{run.pretrained_cfg.get("license", "apache-2.0")}` for these weights and the code that '
         f'made them. The pretraining data keeps its own license.',
         '## Citation\n\n```bibtex\n' + CITATION + '\n```',
     ]
-    return '\n\n'.join(sections) + '\n'
+    card = ModelCard(f'---\n{card_data(run).to_yaml()}\n---\n\n' + '\n\n'.join(sections) + '\n')
+    return str(card)
+
+
+def run_from_packaged(meta_path: str) -> RunRecord:
+    """The run record of a packaged `<name>.json` (`hub.py package`), to (re)write its card without the checkpoint."""
+    from safetensors import safe_open
+
+    with open(meta_path) as f:
+        meta = json.load(f)
+    config, pretraining = meta['config'], dict(meta.get('pretraining') or {})
+    weights = os.path.join(os.path.dirname(os.path.abspath(meta_path)), meta['name'] + '.safetensors')
+    with safe_open(weights, framework='pt') as f:
+        num_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+        metadata = f.metadata() or {}
+    kind = 'pretrain' if metadata.get('model_name') else 'encoder'
+    state_cfg = pretraining.get('config') or {}
+    model_args = config.get('model_args') or {}
+    encoder_name = metadata.get('encoder_name') or meta['name'].split('.', 1)[0]
+    encoder_kwargs = json.loads(metadata['encoder_kwargs']) if metadata.get('encoder_kwargs') else dict(
+        img_size=state_cfg.get('img_size'), in_chans=model_args.get('in_chans'))
+    return RunRecord(
+        name=meta['name'], repo_id=meta['hf_hub_id'], encoder_name=encoder_name, encoder_kwargs=encoder_kwargs,
+        architecture=config['architecture'], model_args=model_args,
+        pretrained_cfg=dict(config.get('pretrained_cfg') or {}), num_params=num_params,
+        checkpoint=pretraining.get('checkpoint', '?'), checkpoint_sha256=pretraining.get('checkpoint_sha256', '?'),
+        state={k: v for k, v in pretraining.items() if k not in ('checkpoint', 'checkpoint_sha256', 'log')},
+        log=list(pretraining.get('log') or []),
+        results=[(e.get('file', 'results.json'), {k: v for k, v in e.items() if k != 'file'})
+                 for e in meta.get('evaluations') or []],
+        kind=kind)
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

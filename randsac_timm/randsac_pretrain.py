@@ -32,6 +32,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import ATTN_IMPLS, block_forward, check_block_encoder, sorted_plan
 from .decoder import RandSACDecoder
+from .encoder_loading import create_pretrained_wrapper, pretrain_default_cfgs
+from .initialization import init_pretraining_encoder
 from .losses import masked_mse, pixel_target
 from .masks import additive_mask, attention_dtype, build_masks
 from .masks import loss_mask as loss_mask_of
@@ -85,6 +87,9 @@ class RandSACPretrain(nn.Module):
         attn_impl: `'dense'`, `'sparse'` or `'flex'` (see the module docstring); the sorted paths need plain
             timm `Block`s without patch dropout.
         attn_block_size: query block of the sorted paths (default 32 for `'sparse'`, 128 for `'flex'`).
+        skip_memory: how the skip decoder mixes encoder levels: `'level_norm'` (default), `'paper'` (the paper's
+            `sum_k W[l, k] H_k`, one norm after mixing) or `'paper_last'` (the same, `W` starting on the last
+            block); see `decoder.py`. Only with `decoder='skip'`.
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class RandSACPretrain(nn.Module):
             decoder: str = 'skip',
             attn_impl: str = 'dense',
             attn_block_size: Optional[int] = None,
+            skip_memory: Optional[str] = None,
     ):
         super().__init__()
         if decoder not in DECODERS:
@@ -132,6 +138,9 @@ class RandSACPretrain(nn.Module):
         out_dim = self.patch_size[0] * self.patch_size[1] * self.in_chans
         # 'plain' and skip_connections=False are the same network; the resolved name is what gets saved
         self.decoder_kind = 'plain' if decoder == 'plain' or (decoder == 'skip' and not skip_connections) else decoder
+        if skip_memory is not None and self.decoder_kind != 'skip':
+            raise ValueError(f'skip_memory={skip_memory!r} mixes the skip decoder\'s levels; decoder={self.decoder_kind!r} '
+                             f'has no skips (drop skip_memory, or use decoder="skip")')
         if self.decoder_kind == 'two_stream':
             check_two_stream_encoder(encoder)
             self.decoder = TwoStreamHead(encoder.embed_dim, out_dim)
@@ -146,6 +155,7 @@ class RandSACPretrain(nn.Module):
                 mlp_ratio=decoder_mlp_ratio,
                 skip_connections=self.decoder_kind == 'skip',
                 drop_path_rate=decoder_drop_path_rate,
+                skip_memory=skip_memory or 'level_norm',
             )
         # queries are position-only: fixed sin-cos at decoder (two-stream: encoder) width, derived, so not saved
         self.register_buffer(
@@ -155,7 +165,9 @@ class RandSACPretrain(nn.Module):
     def no_weight_decay(self) -> Set[str]:
         # skip weights are mixing coefficients, not a projection: decaying them would pull every skip to 0;
         # the two-stream query bias is an embedding, like timm's pos_embed
-        return {'decoder.query_bias'} if self.decoder_kind == 'two_stream' else {'decoder.memory.skip_weights'}
+        names = {'decoder.query_bias'} if self.decoder_kind == 'two_stream' else {'decoder.memory.skip_weights'}
+        params = dict(self.named_parameters())
+        return {name for name in names if name in params}  # the plain decoder has no skip weights
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -285,7 +297,7 @@ PRETRAIN_ARGS: Dict[str, Dict[str, Any]] = {
 _WRAPPER_KWARGS = (
     'segments', 'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads', 'decoder_mlp_ratio',
     'skip_connections', 'norm_pix', 'loss_first_segment', 'decoder_drop_path_rate', 'decoder', 'attn_impl',
-    'attn_block_size',
+    'attn_block_size', 'skip_memory',
 )
 
 
@@ -297,24 +309,27 @@ def build_wrapper_encoder(
         what: str,
 ) -> Tuple[VisionTransformer, Dict[str, Any]]:
     """Split a pretraining factory's kwargs into the wrapper's own (`wrapper_keys`) and the encoder's, and build
-    the headless encoder from the rest (an unknown kwarg raises `TypeError` there). Shared by every objective."""
+    the headless encoder from the rest (an unknown kwarg raises `TypeError` there), initialised for pretraining
+    (`initialization.py`). Shared by every objective."""
     kwargs.pop('pretrained_cfg', None)
     kwargs.pop('pretrained_cfg_overlay', None)
     if pretrained:
+        # the registered entrypoints load full pretrained models themselves (encoder_loading.create_pretrained_wrapper)
         raise ValueError(
-            f'no pretrained weights are published for the {what} of {encoder_name}: pretrain with '
-            f'train_pretrain.py, or load published encoder weights with timm.create_model("{encoder_name}.<tag>", '
-            f'pretrained=True).')
+            f'this factory builds a random-init {what} of {encoder_name}; load a full pretrained one by its tag, '
+            f'timm.create_model("<wrapper>.<tag>", pretrained=True) (tags: timm.list_pretrained("*_pretrain_*")), or '
+            f'published encoder weights with timm.create_model("{encoder_name}.<tag>", pretrained=True).')
     own = {k: kwargs.pop(k) for k in wrapper_keys if k in kwargs}
     kwargs.setdefault('num_classes', 0)
-    return timm.create_model(encoder_name, **kwargs), own
+    # the paper's pretraining init (xavier), the same for every objective; timm's default stays for fine-tuning
+    return init_pretraining_encoder(timm.create_model(encoder_name, **kwargs)), own
 
 
 def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
     """Build the pretraining wrapper for a registered encoder.
 
-    Wrapper kwargs (`segments`, `decoder`, `skip_connections`, `norm_pix`, `loss_first_segment`, `decoder_*`,
-    `attn_impl`, `attn_block_size`) configure
+    Wrapper kwargs (`segments`, `decoder`, `skip_connections`, `skip_memory`, `norm_pix`, `loss_first_segment`,
+    `decoder_*`, `attn_impl`, `attn_block_size`) configure
     the objective; every other kwarg goes to the encoder (`img_size`, `in_chans`, `drop_path_rate`, ...), so
     an unknown one raises `TypeError` there.
     """
@@ -323,36 +338,49 @@ def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwarg
     return RandSACPretrain(encoder, **wrapper_args)
 
 
+# Full pretraining models shipped in randsac_timm/weights/ (`hub package --full`), declared before their file exists
+# so that `pretrained=True` says how to make it: {wrapper: (tag, ...)}
+PACKAGED_PRETRAIN_TAGS: Dict[str, Tuple[str, ...]] = {'randsac_pretrain_vit_micro_patch4_32': ('fmnist',)}
+default_cfgs = pretrain_default_cfgs(
+    {f'randsac_pretrain_{name[len("randsac_"):]}': name for name in PRETRAIN_ARGS}, PACKAGED_PRETRAIN_TAGS)
+
+
+def _entry(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> RandSACPretrain:
+    encoder_name = name.replace('randsac_pretrain_', 'randsac_', 1)
+    return create_pretrained_wrapper(
+        name, lambda **kw: create_randsac_pretrain(encoder_name, **kw), pretrained, kwargs)
+
+
 @register_model
 def randsac_pretrain_vit_micro_patch4_32(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
-    return create_randsac_pretrain('randsac_vit_micro_patch4_32', pretrained, **kwargs)
+    return _entry('randsac_pretrain_vit_micro_patch4_32', pretrained, kwargs)
 
 
 @register_model
 def randsac_pretrain_vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
-    return create_randsac_pretrain('randsac_vit_tiny_patch4_32', pretrained, **kwargs)
+    return _entry('randsac_pretrain_vit_tiny_patch4_32', pretrained, kwargs)
 
 
 @register_model
 def randsac_pretrain_vit_small_patch4_32(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
-    return create_randsac_pretrain('randsac_vit_small_patch4_32', pretrained, **kwargs)
+    return _entry('randsac_pretrain_vit_small_patch4_32', pretrained, kwargs)
 
 
 @register_model
 def randsac_pretrain_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
-    return create_randsac_pretrain('randsac_vit_small_patch16_224', pretrained, **kwargs)
+    return _entry('randsac_pretrain_vit_small_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def randsac_pretrain_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
-    return create_randsac_pretrain('randsac_vit_base_patch16_224', pretrained, **kwargs)
+    return _entry('randsac_pretrain_vit_base_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def randsac_pretrain_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
-    return create_randsac_pretrain('randsac_vit_large_patch16_224', pretrained, **kwargs)
+    return _entry('randsac_pretrain_vit_large_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def randsac_pretrain_vit_base(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
-    return create_randsac_pretrain('randsac_vit_base', pretrained, **kwargs)
+    return _entry('randsac_pretrain_vit_base', pretrained, kwargs)

@@ -12,7 +12,7 @@ the table is recomputed for the new grid, never interpolated.
 import json
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -98,6 +98,16 @@ class RandSACVisionTransformer(VisionTransformer):
         if isinstance(self.pos_embed, torch.Tensor):  # the parent's init overwrote the table with noise
             with torch.no_grad():
                 self.pos_embed.copy_(sincos_pos_embed(self.patch_embed.grid_size, self.embed_dim))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Names of the parameters that take no weight decay: none besides the 1-D ones timm already exempts.
+
+        The parent names `pos_embed`, `cls_token`, `reg_token` and `dist_token`; here `pos_embed` is a fixed buffer
+        and the tokens do not exist, and timm's contract (and a user's optimizer factory) wants real parameters only.
+        """
+        params = dict(self.named_parameters())
+        return {name for name in super().no_weight_decay() if name in params}
 
     def set_input_size(
             self,
@@ -199,8 +209,8 @@ def packaged_weight_cfgs(folder: str) -> Dict[str, Dict[str, Any]]:
         name_tag, ext = os.path.splitext(fname)
         encoder, _, tag = name_tag.partition('.')
         meta_path = os.path.join(folder, name_tag + '.json')
-        if ext != '.safetensors':
-            continue
+        if ext != '.safetensors' or encoder.startswith(('randsac_pretrain_', 'mae_pretrain_')):
+            continue  # full pretraining models: their wrappers register them (encoder_loading.pretrain_default_cfgs)
         if not tag or encoder not in _BASE_CFGS or not os.path.isfile(meta_path):
             warnings.warn(f'{os.path.join(folder, fname)} is not registered: packaged weights are named '
                           f'<encoder>.<tag>.safetensors with <encoder>.<tag>.json beside them', stacklevel=2)

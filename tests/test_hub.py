@@ -256,3 +256,39 @@ def test_pretrained_without_weights_raises_with_tags_and_how_to_publish():
         assert needle in message, needle
     with pytest.raises(RuntimeError, match="'randsac_vit_tiny_patch4_32.nope'"):
         timm.create_model('randsac_vit_tiny_patch4_32.nope', pretrained=True)
+
+
+def test_card_model_index_round_trips_through_huggingface_hub(run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    extra = dict(RESULTS, lbfgs_top1=85.123, pixel_pca_linear_top1=80.0, pixel_lbfgs_top1=83.456,
+                 per_block_top1=[41.5, 63.25], encoder=dict(kind='pretrain_checkpoint', sha256=_sha(run['checkpoint'])))
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps(extra))
+    export(run['checkpoint'], str(tmp_path / 'out'), results=[str(path)])
+    card = ModelCard.load(str(tmp_path / 'out' / 'README.md'))
+    data = card.data
+    assert (data.library_name, data.license, data.model_name) == ('timm', 'apache-2.0', f'{ENCODER}.fmnist')
+    assert data.datasets == ['zalando-datasets/fashion_mnist'] and 'randsac' in data.tags
+    values = {r.metric_name: r.metric_value for r in data.eval_results}
+    assert values == {
+        'linear probe (fast) top-1': 84.37, 'kNN top-1': 81.25, 'logistic regression (L-BFGS, converged) top-1': 85.12,
+        'raw-pixel linear top-1': 78.5, 'raw-pixel PCA + linear top-1': 80.0,
+        'raw-pixel logistic regression (L-BFGS) top-1': 83.46, 'linear probe (fast) top-1, block 1': 41.5,
+        'linear probe (fast) top-1, block 2': 63.25}  # pixel_knn_top1 is None: no entry
+    for r in data.eval_results:
+        assert (r.task_type, r.dataset_type, r.dataset_split, r.metric_type) == (
+            'image-classification', 'zalando-datasets/fashion_mnist', 'test', 'accuracy')
+        assert r.metric_args['command'] == RESULTS['command']
+    assert '| top-1 (%) | 41.50 | 63.25 |' in card.text and 'L-BFGS logistic top-1 (%)' in card.text
+
+
+def test_the_shipped_card_carries_a_model_index_of_its_packaged_evaluations():
+    from huggingface_hub import ModelCard
+
+    name = f'{ENCODER}.fmnist'
+    card = ModelCard.load(os.path.join(os.path.dirname(__file__), '..', 'docs', 'model_cards', f'{name}.md'))
+    meta = json.load(open(os.path.join(randsac_vit.PACKAGED_WEIGHTS_DIR, f'{name}.json')))
+    values = [r.metric_value for r in card.data.eval_results]
+    assert card.data.model_name == name
+    assert all(round(e['top1'], 2) in values for e in meta['evaluations'])

@@ -180,7 +180,7 @@ def test_bad_images_raise_clear_error(kwargs, images_shape, match):
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(img_size=30), 'not divisible by patch_size'),
-    (dict(img_size=28, segments='square:16'), 'square'),
+    (dict(img_size=28, segments='square:25'), 'square'),  # 7x7 takes 49, 16, 9, 4 or 1
     (dict(segments='blob:5-7'), 'coarser'),
     (dict(segments='blob:100'), 'tokens'),
     (dict(segments='spiral:3'), 'raster'),
