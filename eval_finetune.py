@@ -9,13 +9,13 @@ Writes `<output-dir>/results.json` and `<output-dir>/model.safetensors`, and pri
 """
 import sys
 
+from randsac_timm.config import run_cli
 from randsac_timm.eval_config import parse_finetune_args
 from randsac_timm.finetune import run_finetune
 
 
 def main(argv=None) -> int:
-    run_finetune(parse_finetune_args(argv))
-    return 0
+    return run_cli('eval_finetune.py', lambda: run_finetune(parse_finetune_args(argv)))
 
 
 if __name__ == '__main__':

@@ -10,14 +10,13 @@ A run resumes from `<output-dir>/checkpoint-last.pth` when it exists.
 """
 import sys
 
-from randsac_timm.config import parse_pretrain_args
-from randsac_timm.engine import train
+from randsac_timm.config import parse_pretrain_args, run_cli
+from randsac_timm.engine import NonFiniteLossError, train
 
 
 def main(argv=None) -> int:
-    cfg = parse_pretrain_args(argv)
-    train(cfg)
-    return 0
+    # a bad value, missing data or an unusable checkpoint: one line on stderr and exit status 2 (run_cli)
+    return run_cli('train_pretrain.py', lambda: train(parse_pretrain_args(argv)), (NonFiniteLossError,))
 
 
 if __name__ == '__main__':

@@ -11,8 +11,10 @@ A checkpoint is a plain dict (no pickled objects, so `torch.load(path, weights_o
     optimizer, scheduler, step, epoch, batch_in_epoch, nonfinite_skipped, rng, config, world_size, wall_time_s
 
 Writes go to a temporary file in the same folder, are flushed to disk, then renamed over the target, so a
-kill at any moment leaves either the previous file or the new one, never a torn file.
+kill at any moment leaves either the previous file or the new one, never a torn file; the temporary file such a
+kill leaves behind is removed by the next write of the same file.
 """
+import contextlib
 import glob
 import json
 import os
@@ -37,19 +39,52 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
+def _umask() -> int:
+    """The process umask: from /proc on Linux, else by setting and restoring it (racy only across threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_temp_files(folder: str, name: str) -> None:
+    """Temp files of `name` left by writers killed before their rename (their process is gone)."""
+    for tmp in glob.glob(os.path.join(folder, f'.{glob.escape(name)}.tmp-*')):
+        pid = tmp.rsplit('-', 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def atomic_write(path: str, write) -> None:
-    """Call `write(tmp_path)`, flush it to disk, then rename it over `path` (creating the folder)."""
+    """Call `write(tmp_path)`, flush it to disk, then rename it over `path` (creating the folder).
+
+    The file gets the usual mode of a new file (0666 minus the umask): some writers (safetensors) create their
+    output 0600, which would keep an exported model from other users and from containers running as another uid.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
     try:
         write(tmp)
         with open(tmp, 'rb+') as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _remove_stale_temp_files(folder, os.path.basename(path))
 
 
 def atomic_save(state: Dict[str, Any], path: str) -> None:
@@ -64,10 +99,11 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, wrong file type, ...
+        reason = str(e).split('. ')[0].splitlines()[0] if str(e) else ''  # torch appends a paragraph of advice
         raise CheckpointError(
-            f'checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}). It was left untouched: '
-            f'move it away (or pass --resume with another checkpoint, or --no-auto-resume with a new '
-            f'--output-dir) to continue.') from e
+            f'checkpoint {path} is corrupt or truncated ({type(e).__name__}: {reason}). It was left untouched: '
+            f'move it away or use another checkpoint (train_pretrain.py: --resume PATH, or --no-auto-resume with a '
+            f'new --output-dir).') from e
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         found = state.get('format') if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(

@@ -1,8 +1,7 @@
 """LARS as used for linear probing by MoCo v3 and MAE (`Large Batch Training of Convolutional Networks`).
 
-Why not `timm.optim.Lars`: it adapts the learning rate only when the group's weight decay is non-zero (or with
-`always_adapt=True`), and it adapts 1-D parameters too. The linear-probe recipe runs with weight decay 0 and wants
-the trust ratio on weight matrices only, so timm's default would silently be plain SGD with momentum.
+Unlike `timm.optim.Lars` with the same options (tests/test_lars.py), it adapts at weight decay 0, skips 1-D tensors
+and divides by |g + wd p| (timm: |g| + wd |p| + eps); timm's at weight decay 0 is plain momentum SGD.
 
 Update of one parameter `p` with gradient `g` (MoCo v3 `moco/optimizer.py`):
 

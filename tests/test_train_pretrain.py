@@ -111,6 +111,43 @@ def test_sigkill_then_same_command_resumes_with_identical_losses(tmp_path):
     assert max(r['step'] for r in _records(run_dir)) == steps
 
 
+# train_pretrain.py, killed (SIGKILL) inside the second write of checkpoint-last.pth: after the new checkpoint is
+# complete in its temporary file, before the rename that would replace the previous one
+_KILL_BEFORE_SECOND_RENAME = """
+import os, runpy, signal, sys
+real_replace, renames = os.replace, []
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(dst) == 'checkpoint-last.pth':
+        renames.append(dst)
+        if len(renames) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+sys.argv = ['train_pretrain.py'] + sys.argv[1:]
+runpy.run_path('train_pretrain.py', run_name='__main__')
+"""
+
+
+def test_sigkill_between_checkpoint_write_and_rename_keeps_the_last_one_and_resumes(tmp_path):
+    run_dir = str(tmp_path / 'run')
+    proc = subprocess.run([sys.executable, '-c', _KILL_BEFORE_SECOND_RENAME, *_command(run_dir, 8)[2:]], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    before_kill = {r['step']: r['loss'] for r in _records(run_dir)}
+    assert max(before_kill) == 6  # killed while saving step 6 (--save-every 3)
+    leftovers = [f for f in os.listdir(run_dir) if f.startswith('.checkpoint-last.pth.tmp-')]
+    assert len(leftovers) == 1  # the complete, never renamed step-6 checkpoint
+    assert load_checkpoint(os.path.join(run_dir, 'checkpoint-last.pth'))['step'] == 3  # intact, the previous one
+
+    subprocess.run(_command(run_dir, 8), cwd=REPO, check=True, capture_output=True)
+    assert [r['step'] for r in _records(run_dir, 'resume')] == [3]
+    resumed = _records(run_dir)[len(before_kill):]
+    assert [r['step'] for r in resumed] == [4, 5, 6, 7, 8]
+    assert all(r['loss'] == before_kill[r['step']] for r in resumed if r['step'] in before_kill)
+    assert load_checkpoint(os.path.join(run_dir, 'checkpoint-last.pth'))['step'] == 8
+    assert not [f for f in os.listdir(run_dir) if '.tmp-' in f]  # the next write removed the dead run's temp file
+
+
 def test_two_process_gloo_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     common = ['--max-train-samples', '256', '--workers', '0', '--no-progress', '--max-steps', '3',
               '--segments', 'raster', '--vis-every', '0', '--save-every', '0', '--blr', '0.01']
