@@ -70,6 +70,14 @@ def _from_pretrain_checkpoint(path: str) -> Tuple[str, Dict[str, Any], Dict[str,
     return name, dict(kwargs or {}), weights
 
 
+def _json_metadata(path: str, metadata: Dict[str, str], key: str) -> Dict[str, Any]:
+    """A JSON-encoded kwargs entry of a safetensors file's metadata ({} when absent)."""
+    try:
+        return json.loads(metadata.get(key) or '{}')
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f'{path}: metadata {key} is not valid JSON ({e})') from e
+
+
 def _from_safetensors(path: str) -> Tuple[str, Dict[str, Any], Dict[str, torch.Tensor]]:
     from safetensors import SafetensorError
 
@@ -84,11 +92,7 @@ def _from_safetensors(path: str) -> Tuple[str, Dict[str, Any], Dict[str, torch.T
         raise CheckpointError(f'{path} has no "encoder_name" metadata, so the architecture is unknown; pass '
                               f'--model NAME with a local-dir: folder (config.json + weights) or re-export it with '
                               f'randsac_timm.checkpoint.export_encoder.')
-    try:
-        kwargs = json.loads(metadata.get('encoder_kwargs') or '{}')
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f'{path}: metadata encoder_kwargs is not valid JSON ({e})') from e
-    return name, kwargs, load_file(path)
+    return name, _json_metadata(path, metadata, 'encoder_kwargs'), load_file(path)
 
 
 def _from_hub(source: str) -> Tuple[str, Dict[str, Any], Dict[str, torch.Tensor], str]:
@@ -316,10 +320,7 @@ def _full_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any
         raise CheckpointError(
             f'{path} holds {what}; a full pretraining model is needed: export one with `python -m randsac_timm.hub '
             f'export CHECKPOINT DIR --full`, or pass a train_pretrain.py checkpoint (.pth).')
-    try:
-        kwargs = json.loads(metadata.get('model_kwargs') or '{}')
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f'{path}: metadata model_kwargs is not valid JSON ({e})') from e
+    kwargs = _json_metadata(path, metadata, 'model_kwargs')
     return weights, dict(model_name=metadata['model_name'], model_kwargs=kwargs, hf_hub_id=metadata.get('hub_repo_id'))
 
 
