@@ -190,13 +190,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--data-dir', default=None)
     parser.add_argument('--rows', nargs='*', default=None, help='only these row names')
     parser.add_argument('--tag', default='ablation_fair', help='results name')
+    parser.add_argument('--pretrain-only', action='store_true',
+                        help='pretrain the rows, probe nothing, write no row file (a later run without it probes them: '
+                             'the finished pretraining is only reloaded, which adds a few CPU-seconds to its time)')
     parser.add_argument('--reprobe', action='store_true',
                         help='probe finished rows again from their checkpoint where they lack the converged readout')
     parser.add_argument('--table-only', action='store_true',
                         help='run nothing: write the table from the rows finished so far (a grid stopped midway)')
     args = parser.parse_args(argv)
     # the command that produced the rows (a --table-only call only re-tabulates them)
-    args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ('--table-only', '--reprobe')]
+    args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ('--table-only', '--reprobe', '--pretrain-only')]
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
     rows_dir = os.path.join(root, args.tag)
     work = os.path.join('output', 'ablation', args.tag)
@@ -219,6 +222,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             record: Dict[str, Any] = dict(row=row['name'], group=row['group'], seed=seed, pretrain=row['pretrain'])
             run_dir = os.path.join(work, f'{_slug(row["name"])}-seed{seed}')
             if row['pretrain'] is None:
+                if args.pretrain_only:
+                    continue
                 checkpoint = _initial_encoder(seed, run_dir)
             else:
                 max_steps = None
@@ -232,6 +237,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         1, -(-max_steps * args.batch_size // args.train_samples))))
                 record.update(_pretrain(row, seed, args, run_dir, max_steps=max_steps))
                 checkpoint = record['checkpoint']
+                if args.pretrain_only:
+                    continue
             record['checkpoint'] = checkpoint
             _write_row(path, _probed(record, checkpoint, seed, args, row, start))
 
