@@ -414,11 +414,16 @@ def init_pretrain_model(model: torch.nn.Module, source: str, model_name: str) ->
     return info
 
 
+class MissingPretrainedWeights(RuntimeError, ValueError):
+    """`pretrained=True` on a wrapper or tag without weights: a RuntimeError as timm raises for an unknown tag, and a
+    ValueError (a user's input), which the scripts report in one line."""
+
+
 def _wrapper_cfg(arch: str, tag: Optional[str], overlay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     try:
         cfg = timm.models.resolve_pretrained_cfg(arch, tag, overlay)
     except RuntimeError as e:  # a tag that is not registered
-        raise RuntimeError(_missing_pretrain_message(arch, tag, declared=False)) from e
+        raise MissingPretrainedWeights(_missing_pretrain_message(arch, tag, declared=False)) from e
     return cfg.to_dict(remove_source=False)
 
 
@@ -431,7 +436,7 @@ def _cfg_weights(cfg: Dict[str, Any], name: str, cache_dir: Optional[str]) -> Tu
     if cfg.get('hf_hub_id'):
         return _hub_full_file(cfg['hf_hub_id'], cache_dir), cfg['hf_hub_id']
     arch, tag = cfg.get('architecture') or name.partition('.')[0], cfg.get('tag')
-    raise RuntimeError(_missing_pretrain_message(arch, tag, declared=bool(tag)))
+    raise MissingPretrainedWeights(_missing_pretrain_message(arch, tag, declared=bool(tag)))
 
 
 def _missing_pretrain_message(arch: str, tag: Optional[str], declared: bool) -> str:

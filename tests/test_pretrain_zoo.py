@@ -99,7 +99,7 @@ def test_full_export_holds_every_wrapper_tensor_and_the_args_that_rebuild_it(zoo
     args = config['model_args']
     assert json.loads(meta['model_kwargs']) == args
     assert (args['img_size'], args['in_chans'], args['segments'], args['decoder'], args['norm_pix']) == (
-        32, 1, 'blob:11-5', 'skip', False)
+        32, 1, 'blob:11-5', 'skip', True)  # the default preset's normalised-pixel target
     assert (args['decoder_embed_dim'], args['decoder_depth'], args['decoder_num_heads']) == (128, 2, 4)
     assert 'attn_impl' not in args  # how attention runs is the loader's choice, not part of the weights
     assert config['pretrained_cfg']['input_size'] == [1, 32, 32]
