@@ -9,13 +9,13 @@ Writes `<output-dir>/results.json` and prints a one-line summary; `--help` lists
 """
 import sys
 
+from randsac_timm.config import run_cli
 from randsac_timm.eval_config import parse_linear_args
 from randsac_timm.linear_probe import run_linear_probe
 
 
 def main(argv=None) -> int:
-    run_linear_probe(parse_linear_args(argv))
-    return 0
+    return run_cli('eval_linear.py', lambda: run_linear_probe(parse_linear_args(argv)))
 
 
 if __name__ == '__main__':

@@ -47,6 +47,7 @@ class LinearProbeConfig(_EncoderSource):
     knn_k: int = 20
     knn_t: float = 0.07
     pixel_baselines: bool = True  # the same head and kNN on flattened normalised pixels
+    lbfgs: bool = True  # converged L-BFGS logistic readouts (encoder, each block, pixels, PCA pixels), un-augmented
     # runtime
     seed: int = 0
     device: str = 'auto'

@@ -7,6 +7,11 @@ same head and kNN on the flattened, normalised pixels of the same images, so one
 Two modes share one head-training loop:
     paper (default)  each epoch draws fresh crops (RandomResizedCrop + flip) through the frozen encoder;
     fast (`--fast`)   features of the un-augmented images are extracted once and the head trains on the cache.
+
+Beside that fixed-schedule LARS probe (`top1`), converged logistic-regression readouts (`converged_probe.py`) run in
+both modes on the un-augmented features: of the encoder (`lbfgs_top1`), of every block's mean-pooled tokens
+(`per_block_top1`), of raw pixels (`pixel_lbfgs_top1`) and of raw pixels PCA-reduced to the encoder's width
+(`pixel_pca_linear_top1`, the dimension-matched floor).
 """
 import logging
 import math
@@ -19,6 +24,15 @@ import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
+from .converged_probe import (
+    LBFGS_DTYPE,
+    LBFGS_HISTORY,
+    LBFGS_L2,
+    LBFGS_MAX_ITER,
+    LBFGS_TOL,
+    pca_basis,
+    readout_top1,
+)
 from .data import (
     SeededAugmentation,
     build_dataset,
@@ -38,8 +52,9 @@ from .lars import Lars
 from .results import hardware_info, write_results
 
 __all__ = [
-    'LinearHead', 'mean_token_features', 'extract_features', 'cached_batches', 'augmented_batches',
-    'train_linear_heads', 'evaluate_head', 'knn_scores', 'topk_accuracy', 'run_linear_probe',
+    'LinearHead', 'mean_token_features', 'block_mean_features', 'extract_features', 'cached_batches',
+    'augmented_batches', 'train_linear_heads', 'evaluate_head', 'knn_scores', 'topk_accuracy', 'converged_readouts',
+    'run_linear_probe',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -70,6 +85,19 @@ def mean_token_features(encoder: nn.Module) -> FeatureFn:
 
     def features(x: torch.Tensor) -> torch.Tensor:
         return encoder.forward_features(x)[:, prefix:].mean(1).float()
+
+    return features
+
+
+def block_mean_features(encoder: nn.Module) -> FeatureFn:
+    """x (B, C, H, W) -> (B, depth, D): the mean of each block's (non-prefix) tokens after the encoder's final norm.
+
+    Entry `depth - 1` is `mean_token_features`; one forward gives every block (timm's `forward_intermediates`).
+    """
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        blocks = encoder.forward_intermediates(x, norm=True, output_fmt='NLC', intermediates_only=True)
+        return torch.stack([tokens.mean(1) for tokens in blocks], 1).float()
 
     return features
 
@@ -244,6 +272,57 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
     return torch.cat(out)
 
 
+def converged_readouts(
+        train_blocks: torch.Tensor,
+        train_labels: torch.Tensor,
+        val_blocks: torch.Tensor,
+        val_labels: torch.Tensor,
+        num_classes: int,
+        train_pixels: Optional[torch.Tensor] = None,
+        val_pixels: Optional[torch.Tensor] = None,
+        progress: bool = False,
+) -> Dict[str, Any]:
+    """Converged L-BFGS logistic readouts (fit on train, top-1 on val) of every block and, if given, of raw pixels.
+
+    Args:
+        train_blocks, val_blocks: (N, depth, D) per-block features (`block_mean_features`); the last is the encoder's.
+        train_pixels, val_pixels: (N, P) flattened pixels, or None; read in full and PCA-reduced to D dimensions
+            (principal directions of the training pixels only).
+
+    Returns:
+        {'blocks': [fit of block 1, ..., block depth], 'encoder': the last block's fit, 'pixels': ..., 'pixels_pca':
+        ...}; each fit is {'top1', 'iterations', 'evaluations', 'converged', 'loss', 'grad_max'}.
+    """
+    depth, width = train_blocks.shape[1:]
+    jobs: Dict[str, Callable[[], Tuple[torch.Tensor, torch.Tensor]]] = {
+        f'block{i + 1}': (lambda i=i: (train_blocks[:, i], val_blocks[:, i])) for i in range(depth)}
+    if train_pixels is not None:
+        jobs['pixels'] = lambda: (train_pixels, val_pixels)
+
+        def pca() -> Tuple[torch.Tensor, torch.Tensor]:
+            mean, components = pca_basis(train_pixels, width)
+            return (train_pixels.double() - mean) @ components, (val_pixels.double() - mean) @ components
+
+        jobs['pixels_pca'] = pca
+    fits: Dict[str, Dict[str, Any]] = {}
+    for name, data in tqdm(jobs.items(), desc='L-BFGS readouts', disable=not progress, dynamic_ncols=True):
+        train, val = data()
+        top1, info = readout_top1(train, train_labels, val, val_labels, num_classes)
+        fits[name] = dict(top1=top1, **info, dim=train.shape[1])
+        _logger.info('L-BFGS readout %s: top1 %.2f after %d iterations (converged: %s)', name, top1,
+                     info['iterations'], info['converged'])
+    blocks = [fits.pop(f'block{i + 1}') for i in range(depth)]
+    return dict(blocks=blocks, encoder=blocks[-1], **fits)
+
+
+def _split_blocks(feats: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+    """Replace feats['blocks'] (N, depth, D) by feats['encoder'] = its last block; return the blocks (or None)."""
+    blocks = feats.pop('blocks', None)
+    if blocks is not None:
+        feats['encoder'] = blocks[:, -1].contiguous()
+    return blocks
+
+
 def _build_splits(cfg: LinearProbeConfig, img_size: int):
     mean, std = dataset_stats(cfg.dataset)
     pad_to = dataset_pad_to(cfg.dataset, img_size)
@@ -275,15 +354,19 @@ def run_linear_probe(cfg: LinearProbeConfig) -> Dict[str, Any]:
     extractors: Dict[str, FeatureFn] = {'encoder': mean_token_features(encoder)}
     if cfg.pixel_baselines:
         extractors['pixels'] = _flatten
+    plain = dict(extractors)  # the un-augmented pass
+    if cfg.lbfgs:  # every block's pooled tokens from the same forward; 'encoder' is then the last of them
+        plain = {'blocks': block_mean_features(encoder), **{k: v for k, v in plain.items() if k != 'encoder'}}
     timings: Dict[str, float] = {}
     loader_kw = dict(batch_size=cfg.feature_batch_size, shuffle=False, num_workers=cfg.workers, seed=cfg.seed)
     desc = (lambda s: s) if cfg.progress else (lambda s: None)
     t0 = time.time()
-    val_feats, val_labels = extract_features(build_loader(val_set, **loader_kw), extractors, device, cfg.amp,
+    val_feats, val_labels = extract_features(build_loader(val_set, **loader_kw), plain, device, cfg.amp,
                                              desc('features (eval)'))
-    need_plain_train = cfg.fast or cfg.knn
-    train_feats, train_labels = (extract_features(build_loader(train_set, **loader_kw), extractors, device, cfg.amp,
+    need_plain_train = cfg.fast or cfg.knn or cfg.lbfgs
+    train_feats, train_labels = (extract_features(build_loader(train_set, **loader_kw), plain, device, cfg.amp,
                                                   desc('features (train)')) if need_plain_train else ({}, None))
+    val_blocks, train_blocks = _split_blocks(val_feats), _split_blocks(train_feats)
     timings['feature_extraction_s'] = time.time() - t0
 
     n_train = len(train_set)
@@ -316,13 +399,24 @@ def run_linear_probe(cfg: LinearProbeConfig) -> Dict[str, Any]:
         metrics[name] = dict(linear_top1=linear[1], linear_top5=linear.get(5),
                              knn_top1=knn[1] if knn else None, knn_top5=knn.get(5) if knn else None)
     timings['evaluation_s'] = time.time() - t0
+    readouts: Dict[str, Any] = {}
+    if cfg.lbfgs:
+        t0 = time.time()
+        readouts = converged_readouts(train_blocks, train_labels, val_blocks, val_labels, num_classes,
+                                      train_feats.get('pixels'), val_feats.get('pixels'), cfg.progress)
+        timings['lbfgs_s'] = time.time() - t0
     wall = time.time() - start
     pixels = metrics.get('pixels', {})
+    lbfgs_top1 = {name: fit['top1'] for name, fit in readouts.items() if name != 'blocks'}
     results: Dict[str, Any] = {
         'top1': metrics['encoder']['linear_top1'],
         'knn_top1': metrics['encoder']['knn_top1'],
         'pixel_linear_top1': pixels.get('linear_top1'),
         'pixel_knn_top1': pixels.get('knn_top1'),
+        'lbfgs_top1': lbfgs_top1.get('encoder'),
+        'pixel_lbfgs_top1': lbfgs_top1.get('pixels'),
+        'pixel_pca_linear_top1': lbfgs_top1.get('pixels_pca'),
+        'per_block_top1': [fit['top1'] for fit in readouts['blocks']] if readouts else None,
         'top5': metrics['encoder']['linear_top5'],
         'protocol': dict(
             name='linear_probe', mode='fast' if cfg.fast else 'paper',
@@ -331,8 +425,10 @@ def run_linear_probe(cfg: LinearProbeConfig) -> Dict[str, Any]:
             augmentation=('none (cached features)' if cfg.fast else
                           f'RandomResizedCrop(scale={PROBE_CROP_SCALE}) + horizontal flip'),
             knn=dict(k=cfg.knn_k, t=cfg.knn_t, weighting='exp(cos/t)') if cfg.knn else None,
-            pixel_baseline='same head / kNN on flattened normalised pixels' if cfg.pixel_baselines else None),
+            pixel_baseline='same head / kNN on flattened normalised pixels' if cfg.pixel_baselines else None,
+            converged_readout=_converged_protocol() if cfg.lbfgs else None),
         'metrics': metrics,
+        'converged_readouts': readouts or None,
         'encoder': source,
         'dataset': dict(name=cfg.dataset, train_split='train', eval_split='val (the official test split)',
                         train_samples=n_train, eval_samples=len(val_set), num_classes=num_classes,
@@ -349,6 +445,18 @@ def run_linear_probe(cfg: LinearProbeConfig) -> Dict[str, Any]:
     return results
 
 
+def _converged_protocol() -> Dict[str, Any]:
+    return dict(
+        model='multinomial logistic regression on standardised features (training mean / std)',
+        objective='mean cross-entropy + l2 / 2 * ||W||^2 (bias not decayed)', l2=LBFGS_L2,
+        optimizer=f'torch.optim.LBFGS, full batch, strong Wolfe line search, history {LBFGS_HISTORY}, zero init',
+        tolerance=f'max |gradient| <= {LBFGS_TOL}', max_iter=LBFGS_MAX_ITER,
+        dtype=f'{str(LBFGS_DTYPE).removeprefix("torch.")} (mean / std / PCA in float64)',
+        features='un-augmented images (both modes); per block: mean of its tokens after the final norm',
+        pixel_pca='pixels projected on the top-D principal directions of the training pixels (D = encoder width)',
+    )
+
+
 def _pct(value: Optional[float]) -> str:
     return 'n/a' if value is None or (isinstance(value, float) and math.isnan(value)) else f'{value:.2f}'
 
@@ -359,4 +467,12 @@ def summary_line(results: Dict[str, Any]) -> str:
     return (f'linear probe ({results["protocol"]["mode"]}) {enc["architecture"]} [{enc["kind"]}] on {data["name"]} '
             f'{data["train_samples"]}/{data["eval_samples"]}: top1 {_pct(results["top1"])} | '
             f'knn {_pct(results["knn_top1"])} | pixels linear {_pct(results["pixel_linear_top1"])} '
-            f'knn {_pct(results["pixel_knn_top1"])} | {results["wall_time_s"]:.0f} s')
+            f'knn {_pct(results["pixel_knn_top1"])} | {_converged_summary(results)}{results["wall_time_s"]:.0f} s')
+
+
+def _converged_summary(results: Dict[str, Any]) -> str:
+    if results.get('lbfgs_top1') is None:
+        return ''
+    blocks = ' '.join(f'{v:.1f}' for v in results['per_block_top1'])
+    return (f'L-BFGS {_pct(results["lbfgs_top1"])} pixels {_pct(results["pixel_lbfgs_top1"])} '
+            f'PCA pixels {_pct(results["pixel_pca_linear_top1"])} | blocks [{blocks}] | ')
