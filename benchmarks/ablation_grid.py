@@ -199,7 +199,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help='run nothing: write the table from the rows finished so far (a grid stopped midway)')
     args = parser.parse_args(argv)
     # the command that produced the rows (a --table-only call only re-tabulates them)
-    args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ('--table-only', '--reprobe', '--pretrain-only')]
+    not_rows = ('--table-only', '--reprobe', '--pretrain-only')  # flags that change what runs, not the rows' settings
+    args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in not_rows]
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
     rows_dir = os.path.join(root, args.tag)
     work = os.path.join('output', 'ablation', args.tag)
@@ -314,10 +315,10 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                           knn_top1=[r.get('pixel_knn_top1') for r in rs],
                           pca_lbfgs_top1=[r.get('pixel_pca_linear_top1') for r in rs])
             summary.append(pixels)
-            lines.append(f'| raw pixels (the probe\'s 32x32 input) | - | - | {_stats(pixels["top1"])} | {_stats(pixels["lbfgs_top1"])} | '
-                         f'{_stats(pixels["knn_top1"])} | - | {len(rs)} | - | - | - |')
-            lines.append(f'| raw pixels, PCA to the encoder width (128) | - | - | - | {_stats(pixels["pca_lbfgs_top1"])} | - | - | '
-                         f'{len(rs)} | - | - | - |')
+            lines.append(f'| raw pixels (the probe\'s 32x32 input) | - | - | {_stats(pixels["top1"])} | '
+                         f'{_stats(pixels["lbfgs_top1"])} | {_stats(pixels["knn_top1"])} | - | {len(rs)} | - | - | - |')
+            lines.append(f'| raw pixels, PCA to the encoder width (128) | - | - | - | '
+                         f'{_stats(pixels["pca_lbfgs_top1"])} | - | - | {len(rs)} | - | - | - |')
     with open(os.path.join(root, f'{tag}.json'), 'w') as f:
         json.dump(dict(tag=tag, hardware=hardware, args=vars(args), rows=summary), f, indent=2)
     with open(os.path.join(root, f'{tag}.md'), 'w') as f:

@@ -16,25 +16,20 @@ from randsac_timm.config import parse_pretrain_args
 from randsac_timm.engine import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHORT = ['--max-train-samples', '64', '--batch-size', '16', '--workers', '0', '--no-progress', '--max-steps', '1',
-         '--vis-every', '0']
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, f'{name}.py'))
+def _load_benchmark():
+    # docs/bad_inputs.md's generator: its run settings and helpers serve the tests too, so the two cannot drift apart
+    spec = importlib.util.spec_from_file_location('bad_inputs', os.path.join(REPO, 'benchmarks', 'bad_inputs.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _fingerprint(folder):
-    """bytes and mtime of every file the run left: nothing may be rewritten by a refused command."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        with open(path, 'rb') as f:
-            out[name] = (f.read(), os.stat(path).st_mtime_ns)
-    return out
+_bench = _load_benchmark()
+SHORT = _bench.SHORT
+_script = _bench._script  # a root script (train_pretrain, eval_linear, ...) loaded as a module
+_fingerprint = _bench._fingerprint  # bytes and mtime of every file a run left: nothing may be rewritten
 
 
 @pytest.fixture(scope='module')

@@ -160,7 +160,8 @@ def test_skip_memory_flag_reaches_the_model_and_its_checkpoint_kwargs():
 def test_fashion_mnist_presets_give_both_objectives_the_same_target_and_optimiser(preset, objective):
     cfg = parse_pretrain_args(['--config', preset])
     if objective == 'mae':
-        cfg = parse_pretrain_args(['--config', preset, '--model', cfg.model.replace('randsac_pretrain_', 'mae_pretrain_')])
+        mae = cfg.model.replace('randsac_pretrain_', 'mae_pretrain_')
+        cfg = parse_pretrain_args(['--config', preset, '--model', mae])
     # the paper's CIFAR recipe (Table 12) and its normalised-pixel target for the RandSAC-vs-MAE comparison
     assert cfg.betas == (0.9, 0.999) and cfg.norm_pix_loss
     assert build_pretrain_model(cfg).norm_pix  # the engine hands the target to either wrapper
