@@ -9,9 +9,9 @@ Writes `<output-dir>/results.json` and `<output-dir>/model.safetensors`, and pri
 """
 import sys
 
-from randsac_timm.config import run_cli
-from randsac_timm.eval_config import parse_finetune_args
-from randsac_timm.finetune import run_finetune
+from randsac_timm.eval.config import parse_finetune_args
+from randsac_timm.eval.finetune import run_finetune
+from randsac_timm.train.config import run_cli
 
 
 def main(argv=None) -> int:

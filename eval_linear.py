@@ -9,9 +9,9 @@ Writes `<output-dir>/results.json` and prints a one-line summary; `--help` lists
 """
 import sys
 
-from randsac_timm.config import run_cli
-from randsac_timm.eval_config import parse_linear_args
-from randsac_timm.linear_probe import run_linear_probe
+from randsac_timm.eval.config import parse_linear_args
+from randsac_timm.eval.linear_probe import run_linear_probe
+from randsac_timm.train.config import run_cli
 
 
 def main(argv=None) -> int:

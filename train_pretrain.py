@@ -10,8 +10,8 @@ A run resumes from `<output-dir>/checkpoint-last.pth` when it exists.
 """
 import sys
 
-from randsac_timm.config import parse_pretrain_args, run_cli
-from randsac_timm.engine import NonFiniteLossError, train
+from randsac_timm.train.config import parse_pretrain_args, run_cli
+from randsac_timm.train.engine import NonFiniteLossError, train
 
 
 def main(argv=None) -> int:

@@ -39,11 +39,11 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from randsac_timm.checkpoint import atomic_write
-from randsac_timm.config import PretrainConfig, make_config
-from randsac_timm.engine import train
-from randsac_timm.eval_config import LinearProbeConfig
-from randsac_timm.linear_probe import run_linear_probe
+from randsac_timm.eval.config import LinearProbeConfig
+from randsac_timm.eval.linear_probe import run_linear_probe
+from randsac_timm.train.checkpoint import atomic_write
+from randsac_timm.train.config import PretrainConfig, make_config
+from randsac_timm.train.engine import train
 
 ENCODER = 'randsac_vit_micro_patch4_32'
 RANDSAC = 'randsac_pretrain_vit_micro_patch4_32'
@@ -120,7 +120,7 @@ def _initial_encoder(seed: int, out_dir: str) -> str:
     """The encoder every pretraining row starts from (the wrapper's xavier init, this seed), as a file to probe."""
     import timm
 
-    from randsac_timm.checkpoint import export_encoder
+    from randsac_timm.train.checkpoint import export_encoder
 
     torch.manual_seed(seed)
     model = timm.create_model(RANDSAC, in_chans=1)

@@ -53,8 +53,8 @@ def _fingerprint(folder):
 
 def main() -> None:
     sys.path.insert(0, REPO)
-    from randsac_timm.config import parse_pretrain_args
-    from randsac_timm.engine import train
+    from randsac_timm.train.config import parse_pretrain_args
+    from randsac_timm.train.engine import train
 
     tmp = tempfile.mkdtemp(prefix='bad_inputs-')
     run = os.path.join(tmp, 'run')

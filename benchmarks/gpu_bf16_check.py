@@ -15,9 +15,9 @@ import timm
 import torch
 
 import randsac_timm  # noqa: F401
-from randsac_timm.data import FashionMNIST
-from randsac_timm.losses import patchify, unpatchify
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.losses import patchify, unpatchify
+from randsac_timm.models.segments import sample_rank
+from randsac_timm.train.data import FashionMNIST
 
 
 def real_images(data_dir, n: int, device) -> torch.Tensor:

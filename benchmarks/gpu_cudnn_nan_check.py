@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from randsac_timm.masks import causal_segment_mask
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.masks import causal_segment_mask
+from randsac_timm.models.segments import sample_rank
 
 
 def _nonfinite_grads(cudnn: bool, q0: torch.Tensor, k0: torch.Tensor, v0: torch.Tensor, mask: torch.Tensor) -> dict:

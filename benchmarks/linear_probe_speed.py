@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from randsac_timm.eval_config import parse_linear_args
-from randsac_timm.linear_probe import run_linear_probe
+from randsac_timm.eval.config import parse_linear_args
+from randsac_timm.eval.linear_probe import run_linear_probe
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from randsac_timm.masks import additive_mask, causal_segment_mask
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.masks import additive_mask, causal_segment_mask
+from randsac_timm.models.segments import sample_rank
 
 
 def _time(q: torch.Tensor, mask: Optional[torch.Tensor]) -> float:

@@ -15,8 +15,8 @@ import timm
 import torch
 
 import randsac_timm  # noqa: F401
-from randsac_timm.masks import build_masks
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.masks import build_masks
+from randsac_timm.models.segments import sample_rank
 
 
 def _timeit(fn, repeats: int, warmup: int) -> float:

@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import torch
 
-from randsac_timm.attention import sorted_plan
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.attention import sorted_plan
+from randsac_timm.models.segments import sample_rank
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -47,11 +47,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import randsac_timm  # noqa: F401
-from randsac_timm.attention import sorted_plan
-from randsac_timm.distributed import select_attention_backends
-from randsac_timm.losses import masked_mse, pixel_target
-from randsac_timm.masks import additive_mask, attention_dtype, build_masks
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.attention import sorted_plan
+from randsac_timm.models.losses import masked_mse, pixel_target
+from randsac_timm.models.masks import additive_mask, attention_dtype, build_masks
+from randsac_timm.models.segments import sample_rank
+from randsac_timm.train.distributed import select_attention_backends
 
 MODES = ('timm', 'randsac', 'randsac_sparse', 'randsac_flex', 'nomask', 'mae')
 DEFAULT_MODES = ('timm', 'randsac', 'randsac_sparse', 'nomask', 'mae')  # flex has no CPU backward

@@ -25,8 +25,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoint import atomic_write, load_pretrain_model
-from .data import (
+from .models.losses import patchify, unpatchify
+from .models.randsac_pretrain import RandSACPretrain
+from .train.checkpoint import atomic_write, load_pretrain_model
+from .train.data import (
     build_dataset,
     build_eval_transform,
     canonical_dataset_name,
@@ -34,8 +36,6 @@ from .data import (
     dataset_stats,
     denormalize,
 )
-from .losses import patchify, unpatchify
-from .randsac_pretrain import RandSACPretrain
 
 __all__ = [
     'BOUNDARY_COLOR', 'HEADER_HEIGHT', 'MAX_IMAGES', 'PANEL_GAP', 'PANEL_TITLES', 'load_pretrain_checkpoint_model',

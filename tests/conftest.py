@@ -6,11 +6,11 @@ with the command that installs it, and every other test still runs (`make test` 
 import pytest
 import torch
 
-from randsac_timm.data import DEFAULT_FASHION_MNIST_DIRS, FashionMNIST
+from randsac_timm.train.data import DEFAULT_FASHION_MNIST_DIRS, FashionMNIST
 
 FASHION_MNIST_MISSING = (
     'Fashion-MNIST is not installed: apt-get install -y dataset-fashion-mnist (as root), then rerun the tests')
-# how this package names that fix (randsac_timm.data.FashionMNIST) in an exception, or a script's stderr
+# how this package names that fix (randsac_timm.train.data.FashionMNIST) in an exception, or a script's stderr
 _FASHION_MNIST_FIX = 'apt-get install -y dataset-fashion-mnist'
 
 

@@ -14,7 +14,7 @@ from test_randsac_pretrain import STRATEGIES, TINY, _check_segment_causality
 from timm.models.vision_transformer import Block
 
 import randsac_timm  # noqa: F401  (registers the models)
-from randsac_timm.attention import (
+from randsac_timm.models.attention import (
     BlockSparseAttention,
     DenseAttention,
     SortedSegments,
@@ -22,10 +22,10 @@ from randsac_timm.attention import (
     block_forward,
     segment_kernel,
 )
-from randsac_timm.config import parse_pretrain_args
-from randsac_timm.engine import train
-from randsac_timm.masks import causal_segment_mask, memory_mask
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.masks import causal_segment_mask, memory_mask
+from randsac_timm.models.segments import sample_rank
+from randsac_timm.train.config import parse_pretrain_args
+from randsac_timm.train.engine import train
 
 DECODERS = ['skip', 'plain', 'two_stream']
 

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from randsac_timm.config import parse_pretrain_args
-from randsac_timm.engine import train
+from randsac_timm.train.config import parse_pretrain_args
+from randsac_timm.train.engine import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Tests for randsac_timm.data on the real Fashion-MNIST installed by Debian's dataset-fashion-mnist."""
+"""Tests for randsac_timm.train.data on the real Fashion-MNIST installed by Debian's dataset-fashion-mnist."""
 
 import gzip
 import os
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from randsac_timm import data
-from randsac_timm.data import (
+from randsac_timm.train import data
+from randsac_timm.train.data import (
     DATASET_STATS,
     EpochSeededSampler,
     FashionMNIST,
@@ -256,7 +256,7 @@ def test_max_samples_gives_a_deterministic_subset(fmnist_test):
 
 
 def test_seeded_augmentation_is_fixed_by_seed_epoch_and_index_in_any_worker_count(fmnist_train):
-    from randsac_timm.data import SeededAugmentation
+    from randsac_timm.train.data import SeededAugmentation
 
     subset = build_dataset("fashion_mnist", "train", max_samples=64, seed=0)
     augmented = SeededAugmentation(subset, build_pretrain_transform(32, (0.2860,), (0.3530,), pad_to=32), seed=3)
@@ -299,8 +299,8 @@ def test_native_28_transforms_neither_pad_nor_resize(fmnist_test):
 
 
 def test_crop_scale_flag_reaches_the_pretraining_crop(fmnist_train, monkeypatch, tmp_path):
-    from randsac_timm import engine
-    from randsac_timm.config import parse_pretrain_args
+    from randsac_timm.train import engine
+    from randsac_timm.train.config import parse_pretrain_args
 
     cfg = parse_pretrain_args(["--crop-scale", "1", "1", "--img-size", "28", "--max-train-samples", "32",
                                "--batch-size", "16", "--workers", "0", "--no-progress", "--output-dir", str(tmp_path)])
@@ -329,7 +329,7 @@ def test_crop_scale_flag_reaches_the_pretraining_crop(fmnist_train, monkeypatch,
 
 @pytest.mark.parametrize("scale", [(0.0, 1.0), (-0.1, 0.5), (0.6, 0.5), (0.2, 1.5), (float("nan"), 1.0), (0.5,)])
 def test_bad_crop_scale_is_one_clear_error(scale):
-    from randsac_timm.data import check_crop_scale
+    from randsac_timm.train.data import check_crop_scale
 
     with pytest.raises(ValueError, match=r"--crop-scale.*0 < LO <= HI <= 1") as info:
         build_pretrain_transform(28, (0.5,), (0.5,), scale=scale)
@@ -339,10 +339,10 @@ def test_bad_crop_scale_is_one_clear_error(scale):
 
 def test_eval_scripts_build_an_encoder_trained_at_28_for_unpadded_28x28_images(tmp_path):
     """A 2-step run at --img-size 28, then eval_linear.py on its checkpoint and on its exported encoder."""
-    from randsac_timm.config import parse_pretrain_args
-    from randsac_timm.engine import train
-    from randsac_timm.eval_config import parse_linear_args
-    from randsac_timm.linear_probe import run_linear_probe
+    from randsac_timm.eval.config import parse_linear_args
+    from randsac_timm.eval.linear_probe import run_linear_probe
+    from randsac_timm.train.config import parse_pretrain_args
+    from randsac_timm.train.engine import train
 
     run = train(parse_pretrain_args([
         "--img-size", "28", "--segments", "square:16-4", "--crop-scale", "0.5", "1", "--max-steps", "2",

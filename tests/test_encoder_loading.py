@@ -6,8 +6,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from randsac_timm.checkpoint import CHECKPOINT_FORMAT, CheckpointError, export_encoder
-from randsac_timm.encoder_loading import load_encoder, sha256_file
+from randsac_timm.hub.loading import load_encoder, sha256_file
+from randsac_timm.train.checkpoint import CHECKPOINT_FORMAT, CheckpointError, export_encoder
 
 NAME = 'randsac_vit_micro_patch4_32'
 KW = dict(img_size=32, in_chans=1)

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from randsac_timm.checkpoint import export_encoder
-from randsac_timm.eval_config import parse_finetune_args
-from randsac_timm.finetune import build_finetune_transforms, build_optimizer_and_scheduler, run_finetune
-from randsac_timm.results import RESULT_KEYS
+from randsac_timm.eval.config import parse_finetune_args
+from randsac_timm.eval.finetune import build_finetune_transforms, build_optimizer_and_scheduler, run_finetune
+from randsac_timm.eval.results import RESULT_KEYS
+from randsac_timm.train.checkpoint import export_encoder
 
 NAME = 'randsac_vit_micro_patch4_32'
 

@@ -19,11 +19,12 @@ from safetensors import safe_open
 from timm.models import register_model
 
 import randsac_timm  # noqa: F401  (registers the models)
-from randsac_timm import randsac_vit
-from randsac_timm.checkpoint import CheckpointError, load_pretrain_model
-from randsac_timm.hub import HUB_FILES, check_hub_folder, export, load_pretrained_encoder, main, package
-from randsac_timm.model_card import METRICS, format_pct
-from randsac_timm.randsac_vit import hub_repo_id, packaged_weight_cfgs, register_packaged_weights
+from randsac_timm.hub.model_card import METRICS, format_pct
+from randsac_timm.hub.names import PACKAGED_WEIGHTS_DIR, hub_repo_id
+from randsac_timm.hub.publish import HUB_FILES, check_hub_folder, export, load_pretrained_encoder, main, package
+from randsac_timm.models import randsac_vit
+from randsac_timm.models.randsac_vit import packaged_weight_cfgs, register_packaged_weights
+from randsac_timm.train.checkpoint import CheckpointError, load_pretrain_model
 
 ENCODER = 'randsac_vit_micro_patch4_32'
 REPO = hub_repo_id(ENCODER, 'fmnist')
@@ -37,8 +38,8 @@ RESULTS = dict(top1=84.37, knn_top1=81.25, pixel_linear_top1=78.5, pixel_knn_top
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     """A real 2-step pretraining run, its results.json, its export folder and the encoder's reference features."""
-    from randsac_timm.config import parse_pretrain_args
-    from randsac_timm.engine import train
+    from randsac_timm.train.config import parse_pretrain_args
+    from randsac_timm.train.engine import train
 
     root = tmp_path_factory.mktemp('hub')
     result = train(parse_pretrain_args([
@@ -103,7 +104,7 @@ HUB_SCRIPT = textwrap.dedent('''
         feats['local-dir'] = timm.create_model('local-dir:' + folder, pretrained=True).eval()(x)
         plugin_free = not any(m.startswith('randsac_timm') for m in sys.modules)
         import randsac_timm  # noqa: F401
-        from randsac_timm.hub import load_pretrained_encoder
+        from randsac_timm.hub.publish import load_pretrained_encoder
         feats['registered'] = timm.create_model('randsac_vit_micro_patch4_32', pretrained=True, pretrained_cfg_overlay=
                                                 dict(hf_hub_id=repo, num_classes=0)).eval()(x)
         feats['checked'] = load_pretrained_encoder('hf-hub:' + repo).eval()(x)
@@ -288,7 +289,7 @@ def test_the_shipped_card_carries_a_model_index_of_its_packaged_evaluations():
 
     name = f'{ENCODER}.fmnist'
     card = ModelCard.load(os.path.join(os.path.dirname(__file__), '..', 'docs', 'model_cards', f'{name}.md'))
-    meta = json.load(open(os.path.join(randsac_vit.PACKAGED_WEIGHTS_DIR, f'{name}.json')))
+    meta = json.load(open(os.path.join(PACKAGED_WEIGHTS_DIR, f'{name}.json')))
     values = [r.metric_value for r in card.data.eval_results]
     assert card.data.model_name == name
     assert all(round(e['top1'], 2) in values for e in meta['evaluations'])

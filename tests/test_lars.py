@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from randsac_timm.lars import Lars
+from randsac_timm.eval.lars import Lars
 
 
 def _lars_by_hand(w, gw, b, gb, lr, momentum, trust, wd, mu_w, mu_b):

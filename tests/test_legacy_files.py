@@ -14,8 +14,8 @@ import torch
 
 import randsac_timm  # noqa: F401  registers the models
 from randsac_timm import RandSACPretrain
-from randsac_timm.checkpoint import load_checkpoint, load_pretrain_model
-from randsac_timm.encoder_loading import init_pretrain_model, load_encoder
+from randsac_timm.hub.loading import init_pretrain_model, load_encoder
+from randsac_timm.train.checkpoint import load_checkpoint, load_pretrain_model
 
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'legacy')
 CHECKPOINT = os.path.join(LEGACY, 'checkpoint-last.pth')

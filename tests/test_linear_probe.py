@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from randsac_timm.config import parse_pretrain_args
-from randsac_timm.converged_probe import fit_logistic_regression, logistic_objective, pca_basis, readout_top1
-from randsac_timm.eval_config import LinearProbeConfig, parse_linear_args
-from randsac_timm.linear_probe import (
+from randsac_timm.eval.config import LinearProbeConfig, parse_linear_args
+from randsac_timm.eval.converged_probe import fit_logistic_regression, logistic_objective, pca_basis, readout_top1
+from randsac_timm.eval.linear_probe import (
     block_mean_features,
     cached_batches,
     evaluate_head,
@@ -17,7 +16,8 @@ from randsac_timm.linear_probe import (
     topk_accuracy,
     train_linear_heads,
 )
-from randsac_timm.results import RESULT_KEYS
+from randsac_timm.eval.results import RESULT_KEYS
+from randsac_timm.train.config import parse_pretrain_args
 
 ENCODER = 'randsac_vit_micro_patch4_32'
 # short-schedule settings: LARS moves weights by ~lr * trust per step, so few steps need a larger lr
@@ -37,7 +37,7 @@ def _pixels(ds, n=None):
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
     """A briefly pretrained encoder: 3 real RandSAC steps on Fashion-MNIST."""
-    from randsac_timm.engine import train
+    from randsac_timm.train.engine import train
 
     out = tmp_path_factory.mktemp('pretrain')
     cfg = parse_pretrain_args(['--max-steps', '3', '--max-train-samples', '256', '--batch-size', '16', '--workers',

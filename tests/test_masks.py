@@ -3,8 +3,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from randsac_timm.masks import additive_mask, build_masks, causal_segment_mask, loss_mask, memory_mask
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.masks import additive_mask, build_masks, causal_segment_mask, loss_mask, memory_mask
+from randsac_timm.models.segments import sample_rank
 
 STRATEGIES = ['raster', 'random', 'square:16', 'square:16-4', 'blob:7', 'blob:11-5', 'blob:11-7-3', 'shuffle:7']
 

@@ -12,12 +12,12 @@ from test_randsac_pretrain import (
 from test_train_pretrain import SHORT
 
 import randsac_timm  # noqa: F401  (registers the models)
-from randsac_timm.checkpoint import load_pretrain_model
-from randsac_timm.config import parse_pretrain_args
-from randsac_timm.engine import train
-from randsac_timm.losses import masked_mse, patchify, unpatchify
-from randsac_timm.mae_pretrain import MAEPretrain
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.losses import masked_mse, patchify, unpatchify
+from randsac_timm.models.mae_pretrain import MAEPretrain
+from randsac_timm.models.segments import sample_rank
+from randsac_timm.train.checkpoint import load_pretrain_model
+from randsac_timm.train.config import parse_pretrain_args
+from randsac_timm.train.engine import train
 from randsac_timm.visualize import render_reconstruction
 
 TWO_STREAM_STRATEGIES = ['blob:11-5', 'random', 'square:16-4']

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import randsac_timm  # noqa: F401
-from randsac_timm.eval_config import parse_linear_args
-from randsac_timm.linear_probe import run_linear_probe
-from randsac_timm.randsac_vit import PACKAGED_WEIGHTS_DIR
+from randsac_timm.eval.config import parse_linear_args
+from randsac_timm.eval.linear_probe import run_linear_probe
+from randsac_timm.hub.names import PACKAGED_WEIGHTS_DIR
 
 NAME = 'randsac_vit_micro_patch4_32.fmnist'
 WEIGHTS = os.path.join(PACKAGED_WEIGHTS_DIR, f'{NAME}.safetensors')

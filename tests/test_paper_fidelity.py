@@ -9,9 +9,9 @@ import torch.nn as nn
 from test_randsac_pretrain import TINY, _check_segment_causality, _wrapper
 
 import randsac_timm  # noqa: F401  (registers the models)
-from randsac_timm.config import parse_pretrain_args
-from randsac_timm.engine import _model_kwargs, build_pretrain_model
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.segments import sample_rank
+from randsac_timm.train.config import parse_pretrain_args
+from randsac_timm.train.engine import _model_kwargs, build_pretrain_model
 
 WRAPPERS = ['randsac_pretrain_vit_micro_patch4_32', 'mae_pretrain_vit_micro_patch4_32']
 

@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 from timm.models import register_model
 
 import randsac_timm  # noqa: F401  (registers the models)
-from randsac_timm import randsac_pretrain
-from randsac_timm.checkpoint import CheckpointError, load_checkpoint, load_pretrain_model
-from randsac_timm.encoder_loading import init_pretrain_model, read_pretrain_source, register_packaged_pretrain_weights
-from randsac_timm.hub import HUB_FILES, export, main, package
-from randsac_timm.randsac_vit import PACKAGED_WEIGHTS_DIR, hub_repo_id
+from randsac_timm.hub.loading import init_pretrain_model, read_pretrain_source, register_packaged_pretrain_weights
+from randsac_timm.hub.names import PACKAGED_WEIGHTS_DIR, hub_repo_id
+from randsac_timm.hub.publish import HUB_FILES, export, main, package
+from randsac_timm.models import randsac_pretrain
+from randsac_timm.train.checkpoint import CheckpointError, load_checkpoint, load_pretrain_model
 
 WRAPPER = 'randsac_pretrain_vit_micro_patch4_32'
 SHIPPED = f'{WRAPPER}.fmnist'
@@ -54,8 +54,8 @@ def _loss(model, images) -> float:
 @pytest.fixture(scope='module')
 def zoo(tmp_path_factory):
     """A wrapper pretrained for 24 steps on real Fashion-MNIST, its full export folder and packaged files."""
-    from randsac_timm.config import parse_pretrain_args
-    from randsac_timm.engine import train
+    from randsac_timm.train.config import parse_pretrain_args
+    from randsac_timm.train.engine import train
 
     root = tmp_path_factory.mktemp('zoo')
     result = train(parse_pretrain_args([
@@ -157,7 +157,7 @@ HUB_SCRIPT = textwrap.dedent('''
     import torch
     import timm
     import randsac_timm  # noqa: F401  the full model needs the plugin
-    from randsac_timm.encoder_loading import read_pretrain_source
+    from randsac_timm.hub.loading import read_pretrain_source
     repo, out = sys.argv[1:3]
     model = timm.create_model('hf-hub:' + repo, pretrained=True)
     weights, info = read_pretrain_source('hf-hub:' + repo)
@@ -186,13 +186,14 @@ def test_hf_hub_cache_loads_the_full_model_offline(zoo, tmp_path):
 
 
 def test_init_starts_a_new_run_from_full_weights_with_a_fresh_optimizer(zoo, tmp_path):
-    from randsac_timm.config import parse_pretrain_args
-    from randsac_timm.engine import train
+    from randsac_timm.train.config import parse_pretrain_args
+    from randsac_timm.train.engine import train
 
     # lr 1e-30: the one step moves no weight measurably, so the run's weights are what --init loaded
     result = train(parse_pretrain_args([
         '--init', zoo['weights'], '--lr', '1e-30', '--max-steps', '1', '--max-train-samples', '64',
-        '--batch-size', '16', '--workers', '0', '--no-progress', '--vis-every', '0', '--output-dir', str(tmp_path / 'run')]))
+        '--batch-size', '16', '--workers', '0', '--no-progress', '--vis-every', '0',
+        '--output-dir', str(tmp_path / 'run')]))
     state = load_checkpoint(result.checkpoint)
     assert set(state['model']) == set(zoo['reference'])
     for key, value in zoo['reference'].items():  # a fresh init differs by ~1e-2
@@ -231,8 +232,8 @@ def test_init_refuses_mismatched_broken_or_encoder_only_sources(zoo, tmp_path):
 
 
 def test_init_and_resume_together_are_refused(zoo, tmp_path):
-    from randsac_timm.config import parse_pretrain_args
-    from randsac_timm.engine import train
+    from randsac_timm.train.config import parse_pretrain_args
+    from randsac_timm.train.engine import train
 
     with pytest.raises(ValueError, match='pass one of them'):
         train(parse_pretrain_args(['--init', zoo['weights'], '--resume', zoo['checkpoint'], '--max-train-samples', '64',

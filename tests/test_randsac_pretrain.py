@@ -4,9 +4,9 @@ import timm
 import torch
 
 import randsac_timm  # noqa: F401  (registers the models)
-from randsac_timm.losses import patchify, unpatchify
-from randsac_timm.randsac_pretrain import RandSACPretrain
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.losses import patchify, unpatchify
+from randsac_timm.models.randsac_pretrain import RandSACPretrain
+from randsac_timm.models.segments import sample_rank
 
 STRATEGIES = ['raster', 'random', 'square:16', 'square:4', 'square:16-4', 'blob:7', 'blob:11-5', 'blob:11-7-3',
               'shuffle:7']

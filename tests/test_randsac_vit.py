@@ -9,7 +9,7 @@ import torch
 from timm.models import VisionTransformer
 
 import randsac_timm  # noqa: F401  (registers the models)
-from randsac_timm.randsac_vit import ENCODER_ARGS, RandSACVisionTransformer, sincos_pos_embed
+from randsac_timm.models.randsac_vit import ENCODER_ARGS, RandSACVisionTransformer, sincos_pos_embed
 
 ENCODERS = timm.list_models('randsac_vit*')
 

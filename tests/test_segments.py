@@ -4,8 +4,8 @@ import pytest
 import torch
 from test_randsac_pretrain import _check_segment_causality, _wrapper
 
-from randsac_timm.masks import build_masks
-from randsac_timm.segments import (
+from randsac_timm.models.masks import build_masks
+from randsac_timm.models.segments import (
     SegmentSpec,
     assign_to_blobs,
     parse_segments,

@@ -13,12 +13,18 @@ import torch
 from safetensors.torch import load_file
 
 import randsac_timm  # noqa: F401
-from randsac_timm import data as data_module
-from randsac_timm.checkpoint import CheckpointError, load_checkpoint
-from randsac_timm.config import PretrainConfig, list_presets, load_yaml_config, parse_pretrain_args, resolve_preset
-from randsac_timm.distributed import select_attention_backends
-from randsac_timm.engine import NonFiniteLossError, train
-from randsac_timm.task import PretrainTask
+from randsac_timm.train import data as data_module
+from randsac_timm.train.checkpoint import CheckpointError, load_checkpoint
+from randsac_timm.train.config import (
+    PretrainConfig,
+    list_presets,
+    load_yaml_config,
+    parse_pretrain_args,
+    resolve_preset,
+)
+from randsac_timm.train.distributed import select_attention_backends
+from randsac_timm.train.engine import NonFiniteLossError, train
+from randsac_timm.train.task import PretrainTask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the default preset, shortened: a small seeded subset and batch so each step takes ~0.1 s

@@ -10,9 +10,9 @@ from PIL import Image
 
 import randsac_timm  # noqa: F401  (registers the models)
 from randsac_timm import visualize
-from randsac_timm.losses import pixel_target
-from randsac_timm.randsac_pretrain import RandSACPretrain
-from randsac_timm.segments import sample_rank
+from randsac_timm.models.losses import pixel_target
+from randsac_timm.models.randsac_pretrain import RandSACPretrain
+from randsac_timm.models.segments import sample_rank
 from randsac_timm.visualize import (
     BOUNDARY_COLOR,
     HEADER_HEIGHT,

@@ -34,12 +34,12 @@ class PretrainConfig:
     segments: Optional[str] = None  # paper notation, e.g. 'blob:11-5'; None = the model's default
     norm_pix_loss: bool = False  # per-patch normalised target (on in the paper's final recipes)
     skip_connections: bool = True
-    # RandSAC skip decoder: 'level_norm', 'paper' or 'paper_last' (randsac_timm/decoder.py); None = the model's default
+    # RandSAC skip decoder: 'level_norm', 'paper' or 'paper_last' (models/decoder.py); None = the model's default
     skip_memory: Optional[str] = None
     loss_first_segment: bool = False  # the first segment reads its own encoding, so it is not scored by default
     decoder: str = 'skip'  # RandSAC models: 'skip', 'plain' or 'two_stream' (paper Table 8)
     # RandSAC models: 'dense' (raster order, full masks), 'sparse' (rank-sorted, last segment dropped, block-sparse
-    # SDPA) or 'flex' (same layout, FlexAttention; CUDA); same loss and gradients (randsac_timm/attention.py)
+    # SDPA) or 'flex' (same layout, FlexAttention; CUDA); same loss and gradients (randsac_timm/models/attention.py)
     attn_impl: str = 'dense'
     attn_block_size: Optional[int] = None  # query block of 'sparse' / 'flex' (default 32 / 128)
     mask_ratio: float = 0.75  # MAE models (mae_pretrain_*) only; they ignore segments / decoder / skip options
@@ -70,13 +70,14 @@ class PretrainConfig:
     amp: bool = False  # bf16 autocast (meant for CUDA; slow on CPU)
     compile: bool = False  # torch.compile the pretraining model
     # allow PyTorch's cuDNN attention on CUDA; off because its masked backward can return NaN gradients at 64-token
-    # grids on H100/H200 (pytorch/pytorch#196678; randsac_timm.distributed.select_attention_backends)
+    # grids on H100/H200 (pytorch/pytorch#196678; randsac_timm.train.distributed.select_attention_backends)
     cudnn_attention: bool = False
     grad_checkpointing: bool = False
     output_dir: str = 'output/pretrain'
     resume: Optional[str] = None  # a checkpoint path; by default the output folder's checkpoint-last.pth resumes
-    # start a NEW run from a full pretraining model's weights (encoder + decoder, strict): a '<wrapper>.<tag>', hf-hub:ID,
-    # local-dir:PATH, full-model .safetensors or a checkpoint .pth; fresh optimizer and schedule from step 0 (not --resume)
+    # start a NEW run from a full pretraining model's weights (encoder + decoder, strict): a '<wrapper>.<tag>',
+    # hf-hub:ID, local-dir:PATH, full-model .safetensors or a checkpoint .pth; fresh optimizer and schedule from
+    # step 0 (not --resume)
     init: Optional[str] = None
     auto_resume: bool = True
     save_every: int = 500  # optimizer steps between checkpoints (besides each epoch's end); 0 = epochs only
@@ -111,7 +112,7 @@ def list_presets() -> List[str]:
 
 
 def resolve_preset(name_or_path: str) -> str:
-    """A YAML path, or the name of a preset shipped in `randsac_timm/configs/`."""
+    """A YAML path, or the name of a preset shipped in `randsac_timm/train/configs/`."""
     if os.path.isfile(name_or_path):
         return name_or_path
     candidate = os.path.join(PRESET_DIR, f'{name_or_path}.yaml')

@@ -11,7 +11,7 @@ from typing import Any, Dict
 import timm
 import torch
 
-from .checkpoint import atomic_write
+from ..train.checkpoint import atomic_write
 
 __all__ = ['RESULT_KEYS', 'hardware_info', 'write_results']
 

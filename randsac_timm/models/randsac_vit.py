@@ -28,9 +28,11 @@ from timm.models import (
 )
 from timm.models._input import update_model_input_size  # private in 1.0.x; the parent uses it the same way
 
+from ..hub.names import PACKAGED_WEIGHTS_DIR, PUBLISHED_TAGS, hub_repo_id
+
 __all__ = [
-    'RandSACVisionTransformer', 'sincos_pos_embed', 'checkpoint_filter_fn', 'HUB_ORG', 'PACKAGED_WEIGHTS_DIR',
-    'hub_repo_id', 'packaged_weight_cfgs', 'register_packaged_weights',
+    'RandSACVisionTransformer', 'sincos_pos_embed', 'checkpoint_filter_fn',
+    'packaged_weight_cfgs', 'register_packaged_weights',
 ]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -38,19 +40,6 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 PAPER_ID = 'arXiv:2203.12054'
-
-# The one naming scheme for published weights: repo `randsac-timm/<encoder>.<tag>`, registered as `<encoder>.<tag>`.
-HUB_ORG = 'randsac-timm'
-# Weights shipped inside the package: `<encoder>.<tag>.safetensors` + `<encoder>.<tag>.json` (hub.py `package`).
-PACKAGED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
-# Tags published on the Hub but not packaged, registered with `hf_hub_id` only: {encoder: (tag, ...)}. None yet.
-PUBLISHED_TAGS: Dict[str, Tuple[str, ...]] = {}
-
-
-def hub_repo_id(encoder_name: str, tag: str) -> str:
-    """The Hub repo of `<encoder_name>.<tag>`, e.g. 'randsac-timm/randsac_vit_micro_patch4_32.fmnist'."""
-    return f'{HUB_ORG}/{encoder_name}.{tag}'
-
 
 def sincos_pos_embed(
         grid_size: Tuple[int, int],

@@ -22,6 +22,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import unwrap_model
 from tqdm import tqdm
 
+from ..hub.loading import init_pretrain_model
 from .checkpoint import (
     LAST,
     CheckpointError,
@@ -44,7 +45,6 @@ from .data import (
     set_loader_epoch,
 )
 from .distributed import DistContext, bf16_autocast, init_distributed, select_attention_backends
-from .encoder_loading import init_pretrain_model
 from .task import PretrainTask
 
 __all__ = ['train', 'TrainResult', 'NonFiniteLossError', 'build_pretrain_model']
@@ -271,7 +271,7 @@ def _train(cfg: PretrainConfig, ctx: DistContext, start_time: float, start_cpu: 
     def picture(name: str) -> None:
         if not ctx.is_primary or vis is None:
             return
-        from .visualize import save_reconstruction
+        from ..visualize import save_reconstruction
         bare = unwrap_model(model)
         bare.eval()
         path = save_reconstruction(os.path.join(out_dir, name), bare, vis.to(device), mean, std,

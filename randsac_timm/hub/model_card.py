@@ -154,7 +154,7 @@ def hub_dataset(name: Optional[str]) -> Tuple[Optional[str], str, str]:
         return None, 'unrecorded data set', 'validation'
     if str(name).startswith('hfds/'):
         return name[5:], name[5:], 'validation'
-    from .data import canonical_dataset_name
+    from ..train.data import canonical_dataset_name
 
     try:
         key = canonical_dataset_name(str(name))
@@ -201,7 +201,7 @@ def command_of(results: Dict[str, Any]) -> Tuple[Optional[str], bool]:
         return None, False
     import dataclasses
 
-    from .eval_config import FinetuneConfig, LinearProbeConfig
+    from ..eval.config import FinetuneConfig, LinearProbeConfig
 
     script, cls = ('eval_linear.py', LinearProbeConfig) if name == 'linear_probe' else ('eval_finetune.py',
                                                                                        FinetuneConfig)
@@ -417,7 +417,7 @@ tokens = model.forward_features(torch.randn(1, {c}, {h}, {w}))  # (1, tokens, wi
 ```
 
 Both routes load the same tensors and give bit-identical features. `pretrained=True` is required: without it timm
-builds the architecture with random weights. `randsac_timm.data.build_eval_transform` reproduces the evaluation
+builds the architecture with random weights. `randsac_timm.train.data.build_eval_transform` reproduces the evaluation
 preprocessing of the results above.'''
 
 

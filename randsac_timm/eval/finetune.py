@@ -27,8 +27,9 @@ from timm.utils import ModelEmaV3, unwrap_model
 from torchvision import transforms
 from tqdm import tqdm
 
-from .checkpoint import atomic_write
-from .data import (
+from ..hub.loading import load_encoder
+from ..train.checkpoint import atomic_write
+from ..train.data import (
     PadTo,
     build_dataset,
     build_eval_transform,
@@ -39,9 +40,8 @@ from .data import (
     dataset_stats,
     set_loader_epoch,
 )
-from .distributed import DistContext, bf16_autocast, init_distributed
-from .encoder_loading import load_encoder
-from .eval_config import FinetuneConfig
+from ..train.distributed import DistContext, bf16_autocast, init_distributed
+from .config import FinetuneConfig
 from .linear_probe import topk_accuracy
 from .results import hardware_info, write_results
 

@@ -31,7 +31,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError, load_checkpoint
+from ..train.checkpoint import CheckpointError, load_checkpoint
+from .names import PACKAGED_WEIGHTS_DIR, hub_repo_id
 
 __all__ = [
     'load_encoder', 'sha256_file', 'FULL_MODEL_FORMAT', 'read_pretrain_source', 'load_pretrain_state',
@@ -62,7 +63,7 @@ def _from_pretrain_checkpoint(path: str) -> Tuple[str, Dict[str, Any], Dict[str,
     name, kwargs = state.get('encoder_name'), state.get('encoder_kwargs')
     if not name:
         raise CheckpointError(f'{path} has no encoder_name; it was written by an older train_pretrain.py. Export the '
-                              f'encoder with randsac_timm.checkpoint.export_encoder and pass that file instead.')
+                              f'encoder with randsac_timm.train.checkpoint.export_encoder and pass that file instead.')
     prefix = 'encoder.'
     weights = {k[len(prefix):]: v for k, v in state['model'].items() if k.startswith(prefix)}
     if not weights:
@@ -91,7 +92,7 @@ def _from_safetensors(path: str) -> Tuple[str, Dict[str, Any], Dict[str, torch.T
     if not name:
         raise CheckpointError(f'{path} has no "encoder_name" metadata, so the architecture is unknown; pass '
                               f'--model NAME with a local-dir: folder (config.json + weights) or re-export it with '
-                              f'randsac_timm.checkpoint.export_encoder.')
+                              f'randsac_timm.train.checkpoint.export_encoder.')
     return name, _json_metadata(path, metadata, 'encoder_kwargs'), load_file(path)
 
 
@@ -440,7 +441,6 @@ def _cfg_weights(cfg: Dict[str, Any], name: str, cache_dir: Optional[str]) -> Tu
 
 
 def _missing_pretrain_message(arch: str, tag: Optional[str], declared: bool) -> str:
-    from .randsac_vit import PACKAGED_WEIGHTS_DIR, hub_repo_id
 
     name, new_tag = (f'{arch}.{tag}' if tag else arch), tag or '<tag>'
     how = (f'produce them from a pretraining checkpoint with `python -m randsac_timm.hub package '
@@ -493,7 +493,6 @@ def pretrain_default_cfgs(wrappers: Dict[str, str], declared: Dict[str, Iterable
     not there yet (so `pretrained=True` says how to make it). The untagged name stays the weight-less default."""
     from timm.models import generate_default_cfgs, get_pretrained_cfg
 
-    from .randsac_vit import PACKAGED_WEIGHTS_DIR, hub_repo_id
 
     folder = PACKAGED_WEIGHTS_DIR if folder is None else folder
     base = {}
@@ -520,7 +519,6 @@ def register_packaged_pretrain_weights(folder: str) -> Tuple[str, ...]:
     by re-running timm's `register_model` on their entrypoints. Returns the registered names."""
     from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs, model_entrypoint, register_model
 
-    from .randsac_vit import hub_repo_id
 
     names = []
     for fname in sorted(os.listdir(folder)):

@@ -1,13 +1,13 @@
 """Run configurations of the evaluation scripts (`eval_linear.py`, `eval_finetune.py`).
 
-Same machinery as pretraining (`randsac_timm.config`): each field `foo_bar` is the flag `--foo-bar`, a YAML file
+Same machinery as pretraining (`randsac_timm.train.config`): each field `foo_bar` is the flag `--foo-bar`, a YAML file
 (`--config`) may set any field, and flags override it. Defaults are the paper's protocols (DESIGN.md section 5).
 """
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .config import build_parser, config_from_args
+from ..train.config import build_parser, config_from_args
 
 __all__ = ['LinearProbeConfig', 'FinetuneConfig', 'parse_linear_args', 'parse_finetune_args']
 

@@ -29,7 +29,7 @@ from timm.models import VisionTransformer, register_model
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
-from .encoder_loading import create_pretrained_wrapper, pretrain_default_cfgs
+from ..hub.loading import create_pretrained_wrapper, pretrain_default_cfgs
 from .initialization import init_linear_and_norm
 from .losses import masked_mse, pixel_target
 from .randsac_pretrain import PRETRAIN_ARGS, RandSACOutput, RandSACPretrain, build_wrapper_encoder
@@ -291,7 +291,7 @@ def create_mae_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: A
     return MAEPretrain(encoder, **decoder_args)
 
 
-# full MAE models packaged in randsac_timm/weights/ (`hub package --full`) become tags; none is declared
+# full MAE models packaged in randsac_timm/hub/weights/ (`hub package --full`) become tags; none is declared
 default_cfgs = pretrain_default_cfgs({f'mae_pretrain_{name[len("randsac_"):]}': name for name in PRETRAIN_ARGS}, {})
 
 

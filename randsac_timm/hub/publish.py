@@ -2,7 +2,7 @@
 
     python -m randsac_timm.hub export CHECKPOINT OUT_DIR [--tag TAG] [--results results.json ...]
     python -m randsac_timm.hub push CHECKPOINT_OR_EXPORT_DIR [--tag TAG] [--results ...] [--dry-run --out-dir DIR]
-    python -m randsac_timm.hub package CHECKPOINT [--tag TAG] [--results ...] [--out-dir randsac_timm/weights]
+    python -m randsac_timm.hub package CHECKPOINT [--tag TAG] [--results ...] [--out-dir randsac_timm/hub/weights]
     python -m randsac_timm.hub card PACKAGED_JSON OUT_MD      (re)write the card of packaged weights
 
 An export folder holds exactly `config.json`, `model.safetensors` (plain timm ViT keys, encoder only) and a
@@ -13,14 +13,13 @@ that rebuild it, so it loads with the plugin: `create_model('hf-hub:<repo>', pre
 An encoder's `config.json` names a stock timm `vit_*`
 architecture with `model_args`, so plain timm loads it with `create_model('hf-hub:<repo>', pretrained=True)`; with
 randsac-timm imported, `create_model('<encoder>.<tag>', pretrained=True)` loads the same tensors. Repos are named
-`HUB_ORG/<encoder>.<tag>` (`randsac_vit.hub_repo_id`). docs/model_zoo.md describes the whole workflow.
+`HUB_ORG/<encoder>.<tag>` (`hub/names.py`). docs/model_zoo.md describes the whole workflow.
 """
 import argparse
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,11 +30,11 @@ from safetensors.torch import load_file
 from timm.models import get_arch_name, resolve_pretrained_cfg
 from timm.models._hub import save_config_for_hf  # no public alias in 1.0.x; timm's own config.json writer
 
-from .checkpoint import CheckpointError, atomic_write, export_encoder, load_pretrain_model
-from .encoder_loading import FULL_MODEL_FORMAT, load_encoder, load_pretrain_state, sha256_file
+from ..eval.results import RESULT_KEYS
+from ..train.checkpoint import CheckpointError, atomic_write, export_encoder, load_pretrain_model
+from .loading import FULL_MODEL_FORMAT, load_encoder, load_pretrain_state, sha256_file
 from .model_card import RunRecord, render_card, run_from_packaged
-from .randsac_vit import HUB_ORG, PACKAGED_WEIGHTS_DIR, hub_repo_id
-from .results import RESULT_KEYS
+from .names import HUB_ORG, PACKAGED_WEIGHTS_DIR, hub_repo_id
 
 __all__ = [
     'HUB_FILES', 'STOCK_ARCHITECTURES', 'PACKAGED_FORMAT', 'default_tag', 'stock_model_args', 'read_run', 'export',
@@ -83,7 +82,7 @@ def _check_tag(tag: str) -> str:
 
 def stock_model_args(encoder_name: str, encoder_kwargs: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
     """(stock timm architecture, model_args) that rebuild `encoder_name(**encoder_kwargs)` as a plain timm ViT."""
-    from .randsac_vit import ENCODER_ARGS
+    from ..models.randsac_vit import ENCODER_ARGS
 
     if encoder_name not in ENCODER_ARGS:
         raise ValueError(f'{encoder_name!r} is not a RandSAC encoder; known: {", ".join(ENCODER_ARGS)}')
@@ -128,7 +127,7 @@ def _read_results(path: str, known_sha256: Sequence[str]) -> Dict[str, Any]:
 def full_model_kwargs(state: Dict[str, Any]) -> Dict[str, Any]:
     """Factory kwargs that rebuild a checkpoint's wrapper anywhere: the recorded ones with the decoder sizes made
     explicit (a later change of the defaults cannot change what they build) and the attention runtime dropped."""
-    from .randsac_pretrain import PRETRAIN_ARGS
+    from ..models.randsac_pretrain import PRETRAIN_ARGS
 
     sizes = {k: v for k, v in PRETRAIN_ARGS.get(state['encoder_name'], {}).items() if k.startswith('decoder_')}
     kwargs = dict(sizes, **(state.get('model_kwargs') or {}))
@@ -588,7 +587,3 @@ def _run_command(args: argparse.Namespace) -> None:
     else:
         _write_text(args.out, render_card(run_from_packaged(args.packaged_json)))
         print(f'wrote the card of {args.packaged_json} to {args.out}')
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -24,16 +24,8 @@ import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-from .converged_probe import (
-    LBFGS_DTYPE,
-    LBFGS_HISTORY,
-    LBFGS_L2,
-    LBFGS_MAX_ITER,
-    LBFGS_TOL,
-    pca_basis,
-    readout_top1,
-)
-from .data import (
+from ..hub.loading import load_encoder
+from ..train.data import (
     SeededAugmentation,
     build_dataset,
     build_eval_transform,
@@ -45,9 +37,17 @@ from .data import (
     dataset_stats,
     set_loader_epoch,
 )
-from .distributed import bf16_autocast, resolve_device
-from .encoder_loading import load_encoder
-from .eval_config import LinearProbeConfig
+from ..train.distributed import bf16_autocast, resolve_device
+from .config import LinearProbeConfig
+from .converged_probe import (
+    LBFGS_DTYPE,
+    LBFGS_HISTORY,
+    LBFGS_L2,
+    LBFGS_MAX_ITER,
+    LBFGS_TOL,
+    pca_basis,
+    readout_top1,
+)
 from .lars import Lars
 from .results import hardware_info, write_results
 

@@ -30,9 +30,9 @@ import torch.nn as nn
 from timm.models import VisionTransformer, register_model
 from torch.utils.checkpoint import checkpoint
 
+from ..hub.loading import create_pretrained_wrapper, pretrain_default_cfgs
 from .attention import ATTN_IMPLS, block_forward, check_block_encoder, sorted_plan
 from .decoder import RandSACDecoder
-from .encoder_loading import create_pretrained_wrapper, pretrain_default_cfgs
 from .initialization import init_pretraining_encoder
 from .losses import masked_mse, pixel_target
 from .masks import additive_mask, attention_dtype, build_masks
@@ -139,7 +139,8 @@ class RandSACPretrain(nn.Module):
         # 'plain' and skip_connections=False are the same network; the resolved name is what gets saved
         self.decoder_kind = 'plain' if decoder == 'plain' or (decoder == 'skip' and not skip_connections) else decoder
         if skip_memory is not None and self.decoder_kind != 'skip':
-            raise ValueError(f'skip_memory={skip_memory!r} mixes the skip decoder\'s levels; decoder={self.decoder_kind!r} '
+            raise ValueError(f'skip_memory={skip_memory!r} mixes the skip decoder\'s levels; '
+                             f'decoder={self.decoder_kind!r} '
                              f'has no skips (drop skip_memory, or use decoder="skip")')
         if self.decoder_kind == 'two_stream':
             check_two_stream_encoder(encoder)
@@ -338,7 +339,7 @@ def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwarg
     return RandSACPretrain(encoder, **wrapper_args)
 
 
-# Full pretraining models shipped in randsac_timm/weights/ (`hub package --full`), declared before their file exists
+# Full pretraining models shipped in randsac_timm/hub/weights/ (`hub package --full`), declared before their file exists
 # so that `pretrained=True` says how to make it: {wrapper: (tag, ...)}
 PACKAGED_PRETRAIN_TAGS: Dict[str, Tuple[str, ...]] = {'randsac_pretrain_vit_micro_patch4_32': ('fmnist',)}
 default_cfgs = pretrain_default_cfgs(
