@@ -3,9 +3,9 @@
 # ViT-B/16 at 224, bf16, batch 256: images/s and peak memory of (a) timm, (b) dense RandSAC, (b') sparse and
 # FlexAttention RandSAC, (c) no masks, (d) MAE; then the same with torch.compile on each step. First, whether
 # cuDNN's attention backward returns NaN for RandSAC's masked 64-token attention here (gpu_cudnn_nan_check.py).
-#   OUT=/tmp/out bash benchmarks/gpu_perf.sh
+#   bash benchmarks/gpu_perf.sh             # JSON files into $OUT, by default benchmarks/results/gpu/
 set -u
-OUT=${OUT:-/tmp/gpu_out}
+OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 if ls .whl/*.whl >/dev/null 2>&1; then  # the machine's timm may be older than 1.0.31
