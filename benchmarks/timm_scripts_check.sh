@@ -15,7 +15,7 @@ for split, train, n in (('train', True, 200), ('validation', False, 100)):
         os.makedirs(d, exist_ok=True)
         img.save(os.path.join(d, f'{i}.png'))
 PY
-WEIGHTS=$(python -c "import os, randsac_timm.models.randsac_vit as m; print(os.path.join(m.PACKAGED_WEIGHTS_DIR, 'randsac_vit_micro_patch4_32.fmnist.safetensors'))")
+WEIGHTS=$(python -c "import os, randsac_timm.hub.names as m; print(os.path.join(m.PACKAGED_WEIGHTS_DIR, 'randsac_vit_micro_patch4_32.fmnist.safetensors'))")
 COMMON="--data-dir $WORK/fmnist_png --model randsac_vit_micro_patch4_32 --num-classes 10 --in-chans 1 --input-size 1 32 32 --mean 0.2860 --std 0.3530 --device cpu --no-prefetcher --workers 1"
 cd "$TIMM_REPO"
 python train.py --device-modules randsac_timm $COMMON --pretrained --pretrained-path "$WEIGHTS" \
