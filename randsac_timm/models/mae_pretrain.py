@@ -12,12 +12,14 @@ reconstruction pictures work unchanged.
 Running a timm ViT on a subset of its tokens: timm has no public entry point for it (`forward_features` takes
 every token; its `PatchDropout` draws its own random keep-set from the global RNG and does not return it).
 We run the steps of `forward_features` ourselves on the encoder's public submodules (`first_block_input` =
-`patch_embed -> _pos_embed -> patch_drop -> norm_pre`, then gather the visible tokens, then `blocks`, `norm`).
+`patch_embed -> _pos_embed -> patch_drop -> norm_pre`, then gather the visible tokens, then `blocks`, `norm`);
+that helper, the encoder's set-up, the input checks and the output type are shared with RandSAC through
+`pretrain_wrapper.py`.
 The alternative that stays on `forward_features(x, attn_mask=...)` (visible tokens attend only to visible
 ones) gives the same features but runs the encoder on all N tokens, losing MAE's 4x saving.
 
 Registered as `mae_pretrain_<encoder>` for every `randsac_vit_<encoder>` (e.g. `mae_pretrain_vit_micro_patch4_32`),
-with the same decoder sizes as that encoder's RandSAC wrapper (`PRETRAIN_ARGS`).
+with the same decoder sizes as that encoder's RandSAC wrapper (`pretrain_wrapper.PRETRAIN_ARGS`).
 """
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Set, Tuple
@@ -27,14 +29,18 @@ import torch.nn as nn
 from timm.layers import LayerNorm, trunc_normal_
 from timm.models import VisionTransformer, register_model
 from timm.models.vision_transformer import Block
-from torch.utils.checkpoint import checkpoint
 
 from ..hub.loading import create_pretrained_wrapper, pretrain_default_cfgs
 from .initialization import init_linear_and_norm
 from .losses import masked_mse, pixel_target
-from .randsac_pretrain import PRETRAIN_ARGS, RandSACOutput, RandSACPretrain, build_wrapper_encoder
-from .randsac_vit import sincos_pos_embed
-from .two_stream import first_block_input
+from .pretrain_wrapper import (
+    PRETRAIN_ARGS,
+    PretrainWrapper,
+    RandSACOutput,
+    build_wrapper_encoder,
+    first_block_input,
+    run_block,
+)
 
 __all__ = ['RandomMasking', 'random_masking', 'MAEDecoder', 'MAEPretrain', 'create_mae_pretrain']
 
@@ -78,12 +84,6 @@ def random_masking(
     noise = torch.rand(batch_size, num_tokens, generator=generator, device=device)
     order = noise.argsort(dim=1).argsort(dim=1)  # (B, N) each token's position in the random order
     return order >= num_tokens - num_masked
-
-
-def _run_block(blk: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    if grad_checkpointing and torch.is_grad_enabled():
-        return checkpoint(blk, x, use_reentrant=False)
-    return blk(x)
 
 
 class MAEDecoder(nn.Module):
@@ -138,11 +138,11 @@ class MAEDecoder(nn.Module):
         x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # back to raster order
         x = x + pos_embed.to(x.dtype)
         for blk in self.blocks:
-            x = _run_block(blk, x, self.grad_checkpointing)
+            x = run_block(blk, x, self.grad_checkpointing)
         return self.pred(self.norm(x))
 
 
-class MAEPretrain(nn.Module):
+class MAEPretrain(PretrainWrapper):
     """MAE objective around a timm `VisionTransformer` without prefix tokens (a RandSAC encoder).
 
     Args:
@@ -167,19 +167,9 @@ class MAEPretrain(nn.Module):
             norm_pix: bool = True,
             decoder_drop_path_rate: float = 0.0,
     ):
-        super().__init__()
-        if getattr(encoder, 'num_prefix_tokens', 0):
-            raise ValueError('this MAE baseline needs an encoder without class/register tokens (class_token=False).')
+        super().__init__(encoder, 'this MAE baseline')
         if not isinstance(encoder.patch_drop, nn.Identity):
             raise ValueError('MAE does its own token dropping: create the encoder with patch_drop_rate=0.')
-        self.encoder = encoder
-        # as in RandSACPretrain: the pooled-feature norm and head serve downstream use only
-        for module in (encoder.fc_norm, encoder.head):
-            module.requires_grad_(False)
-        self.pretrained_cfg = getattr(encoder, 'pretrained_cfg', {})
-        self.patch_size: Tuple[int, int] = tuple(encoder.patch_embed.patch_size)
-        self.in_chans = encoder.patch_embed.proj.in_channels
-        self.grid_size: Tuple[int, int] = tuple(encoder.patch_embed.grid_size)
         self.mask_ratio = mask_ratio
         self.segments = RandomMasking(mask_ratio)
         self.segments.validate(self.grid_size)
@@ -197,21 +187,12 @@ class MAEPretrain(nn.Module):
             mlp_ratio=decoder_mlp_ratio,
             drop_path_rate=decoder_drop_path_rate,
         )
-        self.register_buffer(
-            'decoder_pos_embed', sincos_pos_embed(self.grid_size, decoder_embed_dim), persistent=False)
+        self.register_decoder_positions()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         # an embedding, like timm's pos_embed / cls_token (MAE decays neither)
         return {'decoder.mask_token'}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.encoder.set_grad_checkpointing(enable)  # read by forward_encoder, which runs the blocks itself
-        self.decoder.grad_checkpointing = enable
-
-    # same input rules as RandSAC (it reads only in_chans, patch_size, encoder): (B, C, H, W) -> grid (h, w)
-    check_images = RandSACPretrain.check_images
 
     def forward_encoder(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """
@@ -226,7 +207,7 @@ class MAEPretrain(nn.Module):
         x = first_block_input(self.encoder, images)  # (B, N, D_enc); norm_pre is per token, so gathering after is fine
         x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N_vis, D_enc)
         for blk in self.encoder.blocks:
-            x = _run_block(blk, x, self.encoder.grad_checkpointing)
+            x = run_block(blk, x, self.encoder.grad_checkpointing)
         return self.latent_norm(self.encoder.norm(x))
 
     def forward(
@@ -263,10 +244,7 @@ class MAEPretrain(nn.Module):
         ids_shuffle = mask.to(torch.uint8).argsort(dim=1, stable=True)  # (B, N)
         ids_restore = ids_shuffle.argsort(dim=1)
         latent = self.forward_encoder(images, ids_shuffle[:, :N - num_masked])
-        pos = self.decoder_pos_embed
-        if (h, w) != self.grid_size:
-            pos = sincos_pos_embed((h, w), self.decoder.embed_dim, device=images.device)
-        pred = self.decoder(latent, ids_restore, pos)
+        pred = self.decoder(latent, ids_restore, self.decoder_positions((h, w), images.device))
         target = pixel_target(images, self.patch_size, norm_pix=self.norm_pix)
         loss = masked_mse(pred, target, mask)
         return RandSACOutput(loss=loss, pred=pred, target=target, rank=mask.long(), loss_mask=mask)

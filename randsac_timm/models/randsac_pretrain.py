@@ -3,16 +3,17 @@
 Paper: `Self-supervision through Random Segments with Autoregressive Coding (RandSAC)`
     - https://arxiv.org/abs/2203.12054
 
-`forward(images)` = sample a serialization `rank` -> build the masks once -> run the encoder through
-timm's public `forward_intermediates(x, attn_mask=...)` -> decode position queries against the
-memory of earlier segments -> masked MSE on the pixels of the scored tokens.
+`forward(images)` = sample a serialization `rank` -> one forward path (below): build the masks or kernels once,
+run the encoder, decode position queries against the memory of earlier segments -> masked MSE on the pixels
+of the scored tokens. What every pretraining wrapper shares (the encoder's set-up, its first block's input,
+the input checks, the output type, `PRETRAIN_ARGS`) lives in `pretrain_wrapper.py`.
 
-`attn_impl=` picks how attention runs (`attention.py`), all giving the same loss and gradients: `'dense'`
-(default; raster order, full masks, the encoder through `forward_intermediates`), `'sparse'` (tokens sorted
-by rank, the last segment dropped from the encoder, block-sparse SDPA that skips fully masked key blocks) or
-`'flex'` (the same layout with FlexAttention, compiled on CUDA). The sorted paths run the encoder's own
-modules (`patch_embed -> _pos_embed -> blocks`) instead of `forward_intermediates`, because they feed
-it a permuted, shortened token sequence.
+`attn_impl=` picks the path (kernels in `attention.py`), all giving the same loss and gradients:
+`_forward_dense` for `'dense'` (the default: raster order, full masks, the encoder through timm's public
+`forward_intermediates`), `_forward_sorted` for `'sparse'` (tokens sorted by rank, the last segment dropped
+from the encoder, block-sparse SDPA that skips fully masked key blocks) and `'flex'` (the same layout with
+FlexAttention, compiled on CUDA). The sorted path runs the encoder's blocks itself, from
+`first_block_input`, because it feeds them a permuted, shortened token sequence.
 
 `decoder=` picks the network (paper Table 8): `'skip'` (default, trainable skips), `'plain'` (every decoder
 layer reads the last block, same as `skip_connections=False`), or `'two_stream'` (XLNet-style query stream
@@ -21,57 +22,40 @@ through the shared encoder blocks, see `two_stream.py`).
 Registered as `randsac_pretrain_<encoder>` (e.g. `randsac_pretrain_vit_tiny_patch4_32`), each with the
 paper's decoder for that setting (DESIGN.md section 6).
 """
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
-import timm
 import torch
-import torch.nn as nn
 from timm.models import VisionTransformer, register_model
-from torch.utils.checkpoint import checkpoint
 
 from ..hub.loading import create_pretrained_wrapper, pretrain_default_cfgs
-from .attention import ATTN_IMPLS, block_forward, check_block_encoder, sorted_plan
+from .attention import ATTN_IMPLS, AttendFn, check_block_encoder, sorted_plan
 from .decoder import RandSACDecoder
-from .initialization import init_pretraining_encoder
 from .losses import masked_mse, pixel_target
-from .masks import additive_mask, attention_dtype, build_masks
+from .masks import additive_mask, attention_dtype, causal_segment_mask, memory_mask
 from .masks import loss_mask as loss_mask_of
-from .randsac_vit import sincos_pos_embed
+from .pretrain_wrapper import (
+    PRETRAIN_ARGS,
+    PretrainWrapper,
+    RandSACOutput,
+    build_wrapper_encoder,
+    first_block_input,
+    run_block,
+)
 from .segments import SegmentSpec, parse_segments, sample_rank
-from .two_stream import TwoStreamHead, check_two_stream_encoder, content_stream_inputs, first_block_input
+from .two_stream import TwoStreamHead, check_two_stream_encoder, content_stream_inputs
 
-__all__ = [
-    'RandSACOutput', 'RandSACPretrain', 'build_wrapper_encoder', 'create_randsac_pretrain', 'PRETRAIN_ARGS', 'DECODERS',
-]
+# RandSACOutput and PRETRAIN_ARGS live in pretrain_wrapper.py (every wrapper shares them) and are re-exported here,
+# where the package's top level and the hub import them
+__all__ = ['RandSACOutput', 'RandSACPretrain', 'create_randsac_pretrain', 'PRETRAIN_ARGS', 'DECODERS']
 
 DECODERS = ('skip', 'plain', 'two_stream')
 
 
-@dataclass
-class RandSACOutput:
-    """What one pretraining forward returns.
-
-    Attributes:
-        loss: scalar, MSE averaged over the scored tokens.
-        pred: (B, N, P*P*C) predicted pixels of every token (raster order).
-        target: (B, N, P*P*C) regression target (per-patch normalised when `norm_pix`).
-        rank: (B, N) int64 segment order of each token.
-        loss_mask: (B, N) bool, True = token entered the loss.
-    """
-
-    loss: torch.Tensor
-    pred: torch.Tensor
-    target: torch.Tensor
-    rank: torch.Tensor
-    loss_mask: torch.Tensor
-
-
-class RandSACPretrain(nn.Module):
+class RandSACPretrain(PretrainWrapper):
     """RandSAC objective around any timm `VisionTransformer` without prefix tokens.
 
     Args:
-        encoder: the encoder; reached only through `forward_intermediates(..., attn_mask=...)`.
+        encoder: the encoder; the dense path reaches it only through `forward_intermediates(..., attn_mask=...)`.
         segments: serialization in the paper's notation, e.g. `'blob:11-5'` (see `segments.py`).
         decoder_embed_dim: decoder width.
         decoder_depth: number of decoder blocks.
@@ -109,7 +93,6 @@ class RandSACPretrain(nn.Module):
             attn_block_size: Optional[int] = None,
             skip_memory: Optional[str] = None,
     ):
-        super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f'decoder={decoder!r} is not one of {", ".join(map(repr, DECODERS))}')
         if attn_impl not in ATTN_IMPLS:
@@ -118,19 +101,9 @@ class RandSACPretrain(nn.Module):
             check_block_encoder(encoder, f'attn_impl={attn_impl!r} (use attn_impl="dense" otherwise)')
         if attn_block_size is not None and attn_block_size < 1:
             raise ValueError(f'attn_block_size must be >= 1 (or None for the default), got {attn_block_size}')
+        super().__init__(encoder, 'RandSAC')
         self.attn_impl = attn_impl
         self.attn_block_size = attn_block_size
-        if getattr(encoder, 'num_prefix_tokens', 0):
-            raise ValueError('RandSAC needs an encoder without class/register tokens (class_token=False).')
-        self.encoder = encoder
-        # The pooled-feature norm and head serve downstream use only; freezing them keeps DDP from
-        # waiting on parameters the objective never touches.
-        for module in (encoder.fc_norm, encoder.head):
-            module.requires_grad_(False)
-        self.pretrained_cfg = getattr(encoder, 'pretrained_cfg', {})
-        self.patch_size: Tuple[int, int] = tuple(encoder.patch_embed.patch_size)
-        self.in_chans = encoder.patch_embed.proj.in_channels
-        self.grid_size: Tuple[int, int] = tuple(encoder.patch_embed.grid_size)
         self.segments = parse_segments(segments)
         self.segments.validate(self.grid_size)
         self.norm_pix = norm_pix
@@ -158,9 +131,8 @@ class RandSACPretrain(nn.Module):
                 drop_path_rate=decoder_drop_path_rate,
                 skip_memory=skip_memory or 'level_norm',
             )
-        # queries are position-only: fixed sin-cos at decoder (two-stream: encoder) width, derived, so not saved
-        self.register_buffer(
-            'decoder_pos_embed', sincos_pos_embed(self.grid_size, self.decoder.embed_dim), persistent=False)
+        # queries are position-only: fixed sin-cos at decoder (two-stream: encoder) width
+        self.register_decoder_positions()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
@@ -169,41 +141,6 @@ class RandSACPretrain(nn.Module):
         names = {'decoder.query_bias'} if self.decoder_kind == 'two_stream' else {'decoder.memory.skip_weights'}
         params = dict(self.named_parameters())
         return {name for name in names if name in params}  # the plain decoder has no skip weights
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # timm's ViT runs masked blocks without checkpointing (it never drops the mask), so with
-        # attn_impl='dense' only the decoder checkpoints; the sorted paths run the encoder blocks here and
-        # checkpoint them too, with the kernels passed along.
-        self.encoder.set_grad_checkpointing(enable)
-        self.decoder.grad_checkpointing = enable
-
-    def check_images(self, images: torch.Tensor) -> Tuple[int, int]:
-        """Validate `images: (B, C, H, W)` and return the token grid `(h, w)`."""
-        if images.dim() != 4:
-            raise ValueError(f'images must be (B, C, H, W), got shape {tuple(images.shape)}')
-        _, C, H, W = images.shape
-        if C != self.in_chans:
-            raise ValueError(
-                f'images have {C} channels but the model was built for in_chans={self.in_chans}; '
-                f'create it with in_chans={C} (Fashion-MNIST is 1 channel, RGB is 3).')
-        ph, pw = self.patch_size
-        if H % ph or W % pw:
-            raise ValueError(
-                f'image size {H}x{W} is not divisible by the patch size {ph}x{pw}; resize or pad the images '
-                f'to a multiple of {ph}x{pw}.')
-        if not self.encoder.dynamic_img_size and (H, W) != tuple(self.encoder.patch_embed.img_size):
-            h, w = self.encoder.patch_embed.img_size
-            raise ValueError(
-                f'image size {H}x{W} does not match the model img_size {h}x{w}; create the model with '
-                f'img_size=({H}, {W}) or dynamic_img_size=True.')
-        return H // ph, W // pw
-
-    def _queries(self, grid_size: Tuple[int, int], batch_size: int, like: torch.Tensor) -> torch.Tensor:
-        pos = self.decoder_pos_embed
-        if grid_size != self.grid_size:
-            pos = sincos_pos_embed(grid_size, self.decoder.embed_dim, device=like.device)
-        return pos.to(like.dtype).expand(batch_size, -1, -1)
 
     def forward(
             self,
@@ -218,34 +155,45 @@ class RandSACPretrain(nn.Module):
             generator: RNG for sampling `rank` (the global RNG when None).
         """
         grid_size = self.check_images(images)
-        B = images.shape[0]
-        if rank is None:
-            if grid_size != self.grid_size:
-                self.segments.validate(grid_size)
-            rank = sample_rank(self.segments, B, grid_size, generator=generator, device=images.device)
-        elif rank.shape != (B, grid_size[0] * grid_size[1]):
-            raise ValueError(f'rank must have shape {(B, grid_size[0] * grid_size[1])}, got {tuple(rank.shape)}')
-        if self.attn_impl == 'dense':
-            masks = build_masks(rank, include_first_segment=self.loss_first_segment)
-            pred, loss_mask = self._forward_dense(images, grid_size, masks), masks.loss
-        else:
-            pred, loss_mask = self._forward_sorted(images, grid_size, rank), loss_mask_of(rank, self.loss_first_segment)
+        rank = self._serialization(images.shape[0], grid_size, rank, generator, images.device)
+        forward_path = self._forward_dense if self.attn_impl == 'dense' else self._forward_sorted
+        pred = forward_path(images, grid_size, rank)
+        loss_mask = loss_mask_of(rank, self.loss_first_segment)
         target = pixel_target(images, self.patch_size, norm_pix=self.norm_pix)
         loss = masked_mse(pred, target, loss_mask)
         return RandSACOutput(loss=loss, pred=pred, target=target, rank=rank, loss_mask=loss_mask)
 
-    def _forward_dense(self, images: torch.Tensor, grid_size: Tuple[int, int], masks) -> torch.Tensor:
+    def _serialization(
+            self,
+            batch_size: int,
+            grid_size: Tuple[int, int],
+            rank: Optional[torch.Tensor],
+            generator: Optional[torch.Generator],
+            device: torch.device,
+    ) -> torch.Tensor:
+        """The step's `rank: (B, N)`: sampled from `self.segments`, or the given one checked."""
+        if rank is None:
+            if grid_size != self.grid_size:
+                self.segments.validate(grid_size)
+            return sample_rank(self.segments, batch_size, grid_size, generator=generator, device=device)
+        if rank.shape != (batch_size, grid_size[0] * grid_size[1]):
+            raise ValueError(
+                f'rank must have shape {(batch_size, grid_size[0] * grid_size[1])}, got {tuple(rank.shape)}')
+        return rank
+
+    def _forward_dense(self, images: torch.Tensor, grid_size: Tuple[int, int], rank: torch.Tensor) -> torch.Tensor:
         """Raster order, (B, 1, N, N) masks; the encoder through timm's `forward_intermediates`."""
-        B = images.shape[0]
         # the boolean masks as additive biases, once per step: every layer then shares one tensor instead of SDPA
         # converting (and saving for backward) its own copy in each call
         dtype = attention_dtype(self.encoder.patch_embed.proj.weight)
-        causal, memory = additive_mask(masks.causal, dtype), additive_mask(masks.memory, dtype)
+        causal = additive_mask(causal_segment_mask(rank), dtype)
+        memory = additive_mask(memory_mask(rank), dtype)
         if self.decoder_kind == 'two_stream':
-            content = content_stream_inputs(self.encoder, images, causal)
-            return self.decoder(self._queries(grid_size, B, content[0]), content, self.encoder.blocks, memory)
-        _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=causal)
-        return self.decoder(self._queries(grid_size, B, hidden[-1]), hidden, causal, memory)
+            hidden = content_stream_inputs(self.encoder, images, causal)  # each block's input
+        else:
+            _, hidden = self.encoder.forward_intermediates(images, output_fmt='NLC', attn_mask=causal)
+        queries = self._queries(grid_size, images.shape[0], hidden[-1])
+        return self._decode(queries, hidden, causal, memory)
 
     def _forward_sorted(self, images: torch.Tensor, grid_size: Tuple[int, int], rank: torch.Tensor) -> torch.Tensor:
         """Tokens sorted by rank, the last segment cut from the encoder input, block-sparse kernels.
@@ -253,77 +201,49 @@ class RandSACPretrain(nn.Module):
         Same math as `_forward_dense` (tested: loss and gradients): every token of every sample keeps the
         same keys; only key blocks that every query of a block may not read are skipped.
         """
-        B = images.shape[0]
-        two_stream = self.decoder_kind == 'two_stream'
         # once per step, shared by every layer; the two-stream query stream has no self-attention kernel to build
-        plan = sorted_plan(rank, self.attn_impl, self.attn_block_size, decoder_self_attention=not two_stream)
-        order = plan.order
-        x = order.gather(first_block_input(self.encoder, images), order.keep_tokens)
-        # the two-stream query stream reads block inputs, so the last block's output is never needed
-        blocks = self.encoder.blocks[:-1] if two_stream else self.encoder.blocks
+        plan = sorted_plan(rank, self.attn_impl, self.attn_block_size,
+                           decoder_self_attention=self.decoder_kind != 'two_stream')
+        x = plan.order.gather(first_block_input(self.encoder, images), plan.order.keep_tokens)
+        hidden = self._encode_sorted(x, plan.encoder)
+        queries = plan.order.gather(self._queries(grid_size, images.shape[0], hidden[-1]))
+        return plan.order.scatter(self._decode(queries, hidden, plan.decoder, plan.memory))
+
+    def _encode_sorted(self, x: torch.Tensor, attend: AttendFn) -> List[torch.Tensor]:
+        """The encoder blocks on rank-sorted tokens `x: (B, M, D)`: each block's output, or for the two-stream
+        query stream, which reads block inputs, each block's input (so the last block never runs)."""
+        two_stream = self.decoder_kind == 'two_stream'
         hidden = [x] if two_stream else []
-        for blk in blocks:
-            if self.encoder.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block_forward, blk, x, plan.encoder, use_reentrant=False)
-            else:
-                x = block_forward(blk, x, plan.encoder)
+        for blk in self.encoder.blocks[:-1] if two_stream else self.encoder.blocks:
+            x = run_block(blk, x, self.encoder.grad_checkpointing, attend)
             hidden.append(x)
-        queries = order.gather(self._queries(grid_size, B, x))
-        if two_stream:
-            pred = self.decoder(queries, hidden, self.encoder.blocks, plan.memory)
-        else:
-            pred = self.decoder(queries, hidden, plan.decoder, plan.memory)
-        return order.scatter(pred)
+        return hidden
 
+    def _queries(self, grid_size: Tuple[int, int], batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        """(B, N, D_dec) position-only decoder queries in raster order, in `like`'s dtype."""
+        return self.decoder_positions(grid_size, like.device).to(like.dtype).expand(batch_size, -1, -1)
 
-# encoder name -> the paper's decoder and default segments for that setting (DESIGN.md section 6)
-PRETRAIN_ARGS: Dict[str, Dict[str, Any]] = {
-    'randsac_vit_micro_patch4_32': dict(  # ours, CPU-sized
-        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, segments='blob:11-5'),
-    'randsac_vit_tiny_patch4_32': dict(
-        decoder_embed_dim=192, decoder_depth=3, decoder_num_heads=3, segments='blob:11-5'),
-    'randsac_vit_small_patch4_32': dict(
-        decoder_embed_dim=384, decoder_depth=6, decoder_num_heads=6, segments='blob:11-5'),
-    'randsac_vit_small_patch16_224': dict(
-        decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=12, segments='blob:11-5'),
-    'randsac_vit_base_patch16_224': dict(
-        decoder_embed_dim=512, decoder_depth=4, decoder_num_heads=16, segments='blob:11-7-3'),
-    # not in the paper: ViT-L takes the ViT-B decoder
-    'randsac_vit_large_patch16_224': dict(
-        decoder_embed_dim=512, decoder_depth=4, decoder_num_heads=16, segments='blob:11-7-3'),
-    'randsac_vit_base': dict(
-        decoder_embed_dim=512, decoder_depth=4, decoder_num_heads=16, segments='blob:11-7-3'),
-}
+    def _decode(
+            self,
+            queries: torch.Tensor,
+            hidden: List[torch.Tensor],
+            self_attend: Union[AttendFn, torch.Tensor, None],
+            memory: Union[AttendFn, torch.Tensor],
+    ) -> torch.Tensor:
+        """Predicted pixels `(B, N, P*P*C)` of `queries`, reading `hidden` through `memory`.
+
+        The two-stream query stream has no self-attention: it runs through the encoder's own blocks instead.
+        """
+        if self.decoder_kind == 'two_stream':
+            return self.decoder(queries, hidden, self.encoder.blocks, memory)
+        return self.decoder(queries, hidden, self_attend, memory)
+
 
 _WRAPPER_KWARGS = (
     'segments', 'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads', 'decoder_mlp_ratio',
     'skip_connections', 'norm_pix', 'loss_first_segment', 'decoder_drop_path_rate', 'decoder', 'attn_impl',
     'attn_block_size', 'skip_memory',
 )
-
-
-def build_wrapper_encoder(
-        encoder_name: str,
-        pretrained: bool,
-        kwargs: Dict[str, Any],
-        wrapper_keys: Tuple[str, ...],
-        what: str,
-) -> Tuple[VisionTransformer, Dict[str, Any]]:
-    """Split a pretraining factory's kwargs into the wrapper's own (`wrapper_keys`) and the encoder's, and build
-    the headless encoder from the rest (an unknown kwarg raises `TypeError` there), initialised for pretraining
-    (`initialization.py`). Shared by every objective."""
-    kwargs.pop('pretrained_cfg', None)
-    kwargs.pop('pretrained_cfg_overlay', None)
-    if pretrained:
-        # the registered entrypoints load full pretrained models themselves (encoder_loading.create_pretrained_wrapper)
-        raise ValueError(
-            f'this factory builds a random-init {what} of {encoder_name}; load a full pretrained one by its tag, '
-            f'timm.create_model("<wrapper>.<tag>", pretrained=True) (tags: timm.list_pretrained("*_pretrain_*")), or '
-            f'published encoder weights with timm.create_model("{encoder_name}.<tag>", pretrained=True).')
-    own = {k: kwargs.pop(k) for k in wrapper_keys if k in kwargs}
-    kwargs.setdefault('num_classes', 0)
-    # the paper's pretraining init (xavier), the same for every objective; timm's default stays for fine-tuning
-    return init_pretraining_encoder(timm.create_model(encoder_name, **kwargs)), own
 
 
 def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:

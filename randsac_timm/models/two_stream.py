@@ -12,10 +12,10 @@ Two streams run through the SAME encoder blocks:
   itself) to the content stream's input of layer l, `h_l`. The prediction head reads the final `g`.
 
 Block l's content input is block l-1's output (from `forward_intermediates`); block 0's input is recomputed
-by `first_block_input`, which repeats the four steps timm's `forward_features` runs before its first block
-(`patch_embed -> _pos_embed -> patch_drop -> norm_pre`). That costs one extra patch embedding (a single conv)
-and keeps the encoder forward itself on the public API; the last block's content output is never read, so
-the content stream stops one block early.
+by `first_block_input` (`pretrain_wrapper.py`), which repeats the four steps timm's `forward_features` runs
+before its first block (`patch_embed -> _pos_embed -> patch_drop -> norm_pre`). That costs one extra patch
+embedding (a single conv) and keeps the encoder forward itself on the public API; the last block's content
+output is never read, so the content stream stops one block early.
 
 Because timm's `Block` only attends a sequence to itself, `two_stream_block` runs it through
 `attention.block_forward`, the one place in the package that reaches into timm's block internals (and checks
@@ -31,24 +31,9 @@ from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
 from .attention import AttendFn, block_forward, check_block_encoder
+from .pretrain_wrapper import first_block_input
 
-__all__ = ['first_block_input', 'content_stream_inputs', 'two_stream_block', 'check_two_stream_encoder',
-           'TwoStreamHead']
-
-
-def first_block_input(encoder: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """The token sequence a timm ViT feeds its first block, as its `forward_features` builds it.
-
-    Args:
-        encoder: a timm `VisionTransformer` without prefix tokens.
-        images: (B, C, H, W).
-
-    Returns:
-        (B, N, D) raster-ordered patch embeddings plus position embedding (`_pos_embed` recomputes the
-        sin-cos table for a new grid with `dynamic_img_size`).
-    """
-    x = encoder._pos_embed(encoder.patch_embed(images))
-    return encoder.norm_pre(encoder.patch_drop(x))
+__all__ = ['content_stream_inputs', 'two_stream_block', 'check_two_stream_encoder', 'TwoStreamHead']
 
 
 def content_stream_inputs(
@@ -61,7 +46,7 @@ def content_stream_inputs(
     Args:
         encoder: a timm `VisionTransformer` without prefix tokens.
         images: (B, C, H, W).
-        attn_mask: (B, 1, N, N) bool source mask, True = may attend.
+        attn_mask: (B, 1, N, N) source mask, bool (True = may attend) or its additive bias.
 
     Returns:
         L_enc x (B, N, D): `[h_0, ..., h_{L-1}]`, `h_l` the input of block l.
