@@ -86,6 +86,13 @@ class PretrainConfig:
     vis_every: int = 500  # optimizer steps between reconstruction PNGs (and one at the end); 0 = end only
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     progress: bool = True  # tqdm progress bar on the primary process
+    # online evaluation (train/online_eval.py, docs/training.md): kNN top-1 of the encoder on fixed subsets, as
+    # 'eval' records in log.jsonl, at step 0, on this schedule and at the last step, and training-curves.png at the end
+    eval_every: float = 0.0  # epochs between evaluations (fractions allowed); 0 = not by epochs
+    eval_every_minutes: float = 0.0  # minutes of wall-clock between evaluations; 0 = not by time; both 0 = off
+    eval_train_samples: int = 5000  # the kNN bank: a seeded subset of the TRAIN split, eval transform
+    eval_test_samples: int = 2000  # the queries: a seeded subset of the TEST split
+    eval_lbfgs: bool = False  # also the converged L-BFGS logistic readout, fitted on the bank, scored on the queries
 
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -219,7 +226,8 @@ _PRETRAIN_RANGES: Dict[str, Tuple[float, bool]] = {
     'max_train_samples': (1, True), 'img_size': (1, True), 'log_every': (1, True), 'max_nonfinite': (1, True),
     'workers': (0, True), 'save_every': (0, True), 'vis_every': (0, True), 'keep_checkpoints': (0, True),
     'blr': (0, False), 'lr': (0, False), 'clip_grad': (0, False), 'min_lr': (0, True), 'warmup_epochs': (0, True),
-    'weight_decay': (0, True), 'drop_path': (0, True),
+    'weight_decay': (0, True), 'drop_path': (0, True), 'eval_every': (0, True), 'eval_every_minutes': (0, True),
+    'eval_train_samples': (1, True), 'eval_test_samples': (1, True),
 }
 
 
@@ -237,6 +245,9 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
             kind = 'an integer' if _unwrap_optional(_field_types(type(cfg))[name])[0] is int else 'a number'
             raise ValueError(f'--{name.replace("_", "-")} {value!r} is not accepted: expected {kind} '
                              f'{">=" if inclusive else ">"} {low:g}')
+    if cfg.eval_lbfgs and not (cfg.eval_every or cfg.eval_every_minutes):
+        raise ValueError('--eval-lbfgs is part of the online evaluation, which is off: set --eval-every N (epochs) '
+                         'or --eval-every-minutes M')
     if not timm.is_model(cfg.model) or not cfg.model.startswith(('randsac_pretrain', 'mae_pretrain')):
         names = timm.list_models('randsac_pretrain*') + timm.list_models('mae_pretrain*')
         raise ValueError(f'--model {cfg.model!r} is not a registered pretraining model; accepted: {", ".join(names)}')
