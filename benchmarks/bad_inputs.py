@@ -26,6 +26,7 @@ CASES = [
     ('YAML preset with a misspelt key', 'train_pretrain', ['--config', 'TMP/misspelt.yaml']),
     ('YAML preset that is not a mapping', 'train_pretrain', ['--config', 'TMP/list.yaml']),
     ('YAML number read as a string (`blr: 1e-4`)', 'train_pretrain', ['--config', 'TMP/string.yaml']),
+    ('negative online-evaluation interval', 'train_pretrain', ['--eval-every', '-1']),
     ('truncated checkpoint for --resume', 'train_pretrain', ['--resume', 'TMP/truncated.pth']),
     ('missing image folder', 'train_pretrain', ['--dataset', 'imagefolder', '--data-dir', 'TMP/no_images']),
     ('batch size 0', 'train_pretrain', ['--batch-size', '0']),
