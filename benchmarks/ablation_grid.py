@@ -35,7 +35,7 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -108,12 +108,36 @@ def _pretrain(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Opt
     result = train(make_config(PretrainConfig, values))
     with open(result.log) as f:
         records = [json.loads(line) for line in f]
-    ends = [r for r in records if r['event'] == 'end']  # one per invocation: a resumed row adds them up
     ips = [r['images_per_s'] for r in records if r['event'] == 'train'][1:]
+    wall, cpu, complete = run_time(records)
     return dict(checkpoint=result.checkpoint, steps=result.step, final_loss=result.last_loss,
-                pretrain_wall_s=sum(r['wall_time_s'] for r in ends),
-                pretrain_cpu_s=sum(r.get('cpu_time_s', float('nan')) for r in ends),
+                pretrain_wall_s=wall, pretrain_cpu_s=cpu if complete else None, pretrain_time_complete=complete,
                 images_per_s=statistics.mean(ips) if ips else None, config=values)
+
+
+def run_time(records: List[Dict[str, Any]]) -> Tuple[float, float, bool]:
+    """(wall-clock s, CPU s, complete) of a run's log, summed over its invocations (a resumed row has several).
+
+    An invocation that was killed has no `end` record: the time after its last logged record is unknown, so the
+    sums are then lower bounds and `complete` is False (an equal-CPU-time comparison must not use them).
+    """
+    invocations: List[List[Dict[str, Any]]] = []
+    previous = None
+    for record in records:
+        # an invocation opens with `start`, or with `resume` (written just before its `start`)
+        if not invocations or record['event'] == 'resume' or (record['event'] == 'start' and previous != 'resume'):
+            invocations.append([])
+        previous = record['event']
+        invocations[-1].append(record)
+    wall = cpu = 0.0
+    complete = True
+    for invocation in invocations:
+        timed = [r for r in invocation if r.get('cpu_time_s') is not None]
+        last = invocation[-1] if invocation[-1]['event'] == 'end' else (timed[-1] if timed else None)
+        complete = complete and invocation[-1]['event'] == 'end'
+        if last is not None:
+            wall, cpu = wall + last['wall_time_s'], cpu + last['cpu_time_s']
+    return wall, cpu, complete
 
 
 def _initial_encoder(seed: int, out_dir: str) -> str:
@@ -152,6 +176,10 @@ def _equal_time_steps(rows_dir: str, seed: int) -> Optional[int]:
     rate = _read(os.path.join(rows_dir, f'{_slug(EQUAL_TIME_RATE)}-seed{seed}.json'))
     if not ref or not rate:
         return None
+    if not ref.get('pretrain_cpu_s') or not rate.get('pretrain_cpu_s'):
+        raise SystemExit(f'the equal-CPU-time row needs complete CPU times of {EQUAL_TIME_REFERENCE!r} and '
+                         f'{EQUAL_TIME_RATE!r} (seed {seed}); one was pretrained partly by a killed run whose time '
+                         f'was not logged: delete its row file and its output folder to pretrain it again')
     return int(ref['pretrain_cpu_s'] / (rate['pretrain_cpu_s'] / rate['steps']))
 
 

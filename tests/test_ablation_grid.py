@@ -1,0 +1,29 @@
+"""The ablation grid's time accounting: the equal-CPU-time MAE row must never get a budget from a partial log."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+from ablation_grid import run_time  # noqa: E402
+
+
+def _rec(event, wall=None, cpu=None):
+    record = dict(event=event)
+    if wall is not None:
+        record.update(wall_time_s=wall, cpu_time_s=cpu)
+    return record
+
+
+def test_resumed_run_adds_up_its_invocations():
+    log = [_rec('start'), _rec('train', 5, 9), _rec('end', 10, 19),
+           _rec('resume'), _rec('start'), _rec('train', 3, 5), _rec('end', 4, 7)]
+    assert run_time(log) == (14, 26, True)
+
+
+def test_killed_invocation_makes_the_time_a_lower_bound():
+    log = [_rec('start'), _rec('train', 5, 9), _rec('epoch', 8, 15),  # killed: no end record
+           _rec('resume'), _rec('start'), _rec('end', 4, 7)]
+    assert run_time(log) == (12, 22, False)
+
+
+def test_log_without_any_timed_record_is_incomplete():
+    assert run_time([_rec('start')]) == (0.0, 0.0, False)
