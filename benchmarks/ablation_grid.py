@@ -177,9 +177,10 @@ def _equal_time_steps(rows_dir: str, seed: int) -> Optional[int]:
     if not ref or not rate:
         return None
     if not ref.get('pretrain_cpu_s') or not rate.get('pretrain_cpu_s'):
-        raise SystemExit(f'the equal-CPU-time row needs complete CPU times of {EQUAL_TIME_REFERENCE!r} and '
-                         f'{EQUAL_TIME_RATE!r} (seed {seed}); one was pretrained partly by a killed run whose time '
-                         f'was not logged: delete its row file and its output folder to pretrain it again')
+        print(f'  skipped: the equal-CPU-time row needs complete CPU times of {EQUAL_TIME_REFERENCE!r} and '
+              f'{EQUAL_TIME_RATE!r} (seed {seed}); one was pretrained partly by a killed run whose time was not '
+              f'logged: delete its row file and its output folder to pretrain it again')
+        return None
     return int(ref['pretrain_cpu_s'] / (rate['pretrain_cpu_s'] / rate['steps']))
 
 
@@ -259,7 +260,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 if row.get('equal_time'):
                     max_steps = _equal_time_steps(rows_dir, seed)
                     if max_steps is None:
-                        print(f'  skipped: needs the {EQUAL_TIME_REFERENCE!r} and {EQUAL_TIME_RATE!r} rows first')
+                        print(f'  skipped: needs the {EQUAL_TIME_REFERENCE!r} and {EQUAL_TIME_RATE!r} rows first, '
+                              f'with complete CPU times')
                         continue
                     # as many MAE steps as fit in RandSAC's CPU time, on a schedule sized for them
                     row = dict(row, pretrain=dict(row['pretrain'], epochs=max(

@@ -27,3 +27,18 @@ def test_killed_invocation_makes_the_time_a_lower_bound():
 
 def test_log_without_any_timed_record_is_incomplete():
     assert run_time([_rec('start')]) == (0.0, 0.0, False)
+
+
+def test_equal_time_row_waits_for_a_complete_reference(tmp_path):
+    import json
+
+    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_steps, _slug
+
+    def write(name, **record):
+        (tmp_path / f'{_slug(name)}-seed0.json').write_text(json.dumps(record))
+
+    write(EQUAL_TIME_RATE, pretrain_cpu_s=600.0, steps=300)  # MAE: 2 CPU-s a step
+    write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=None, steps=312)  # partly from a killed run: unknown
+    assert _equal_time_steps(str(tmp_path), 0) is None
+    write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=1000.0, steps=312)
+    assert _equal_time_steps(str(tmp_path), 0) == 500
