@@ -435,10 +435,11 @@ class TrainLogger:
         self.last_loss = mean_loss
         self._new_window(state.step)
 
-    def epoch_done(self, state: RunState, clock: Clock) -> None:
+    def epoch_done(self, state: RunState) -> None:
         self.log.write(event='epoch', step=state.step, epoch=state.epoch,
                        loss=self._mean(self.epoch_loss, self.epoch_count), images_per_s=None,
-                       nonfinite_skipped=state.nonfinite_skipped, wall_time_s=clock.wall(), cpu_time_s=clock.cpu())
+                       nonfinite_skipped=state.nonfinite_skipped, wall_time_s=self.clock.wall(),
+                       cpu_time_s=self.clock.cpu())
         self.epoch_loss, self.epoch_count = 0.0, 0
 
 
@@ -597,7 +598,7 @@ def _train(cfg: PretrainConfig, ctx: DistContext, clock: Clock) -> TrainResult:
     while state.step < run.max_steps and state.epoch < cfg.epochs:
         train_one_epoch(run, state, callbacks)
         if state.batch_in_epoch >= run.batches_per_epoch:  # the epoch ran to its end
-            callbacks.logger.epoch_done(state, clock)
+            callbacks.logger.epoch_done(state)
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             callbacks.checkpointer.save(state, tag=f'epoch{state.epoch:04d}')
     callbacks.logger.progress.close()
