@@ -176,6 +176,12 @@ def _equal_time_steps(rows_dir: str, seed: int) -> Optional[int]:
     rate = _read(os.path.join(rows_dir, f'{_slug(EQUAL_TIME_RATE)}-seed{seed}.json'))
     if not ref or not rate:
         return None
+    if ref.get('torch_threads') != rate.get('torch_threads'):
+        # CPU time per step depends on the thread count (a second thread adds spin-wait time): compare like with like
+        print(f'  skipped: {EQUAL_TIME_REFERENCE!r} and {EQUAL_TIME_RATE!r} (seed {seed}) ran with different thread '
+              f'counts ({ref.get("torch_threads")} and {rate.get("torch_threads")}): their CPU times do not compare; '
+              f'pretrain both with the same --threads')
+        return None
     if not ref.get('pretrain_cpu_s') or not rate.get('pretrain_cpu_s'):
         print(f'  skipped: the equal-CPU-time row needs complete CPU times of {EQUAL_TIME_REFERENCE!r} and '
               f'{EQUAL_TIME_RATE!r} (seed {seed}); one was pretrained partly by a killed run whose time was not '
@@ -214,6 +220,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--blr', type=float, default=1.5e-3)
     parser.add_argument('--probe-train-samples', type=int, default=None, help='probe training images (default: all)')
     parser.add_argument('--probe-epochs', type=int, default=90, help='LARS head epochs on cached features')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (default: torch\'s own, one per core). Two grids with --threads 1 and '
+                             'disjoint --rows use 2 cores about 1.4x better than one grid with 2 threads '
+                             '(benchmarks/cpu_threads.py); each row records its thread count')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', action='store_true')
     parser.add_argument('--data-dir', default=None)
@@ -227,6 +237,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--table-only', action='store_true',
                         help='run nothing: write the table from the rows finished so far (a grid stopped midway)')
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f'--threads {args.threads}: give 1 or more CPU threads')
+        torch.set_num_threads(args.threads)
     # the command that produced the rows (a --table-only call only re-tabulates them)
     not_rows = ('--table-only', '--reprobe', '--pretrain-only')  # flags that change what runs, not the rows' settings
     args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in not_rows]
@@ -249,7 +263,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 continue
             print(f'=== {row["name"]} (seed {seed})', flush=True)
             start = time.time()
-            record: Dict[str, Any] = dict(row=row['name'], group=row['group'], seed=seed, pretrain=row['pretrain'])
+            record: Dict[str, Any] = dict(row=row['name'], group=row['group'], seed=seed, pretrain=row['pretrain'],
+                                          torch_threads=torch.get_num_threads())
             run_dir = os.path.join(work, f'{_slug(row["name"])}-seed{seed}')
             if row['pretrain'] is None:
                 if args.pretrain_only:
@@ -311,7 +326,8 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         with open(os.path.join(rows_dir, name)) as f:
             records.append(json.load(f))
     hardware = (torch.cuda.get_device_name() if args.device.startswith('cuda')
-                else f'{platform.machine()} CPU, {torch.get_num_threads()} threads')
+                else f'{platform.machine()} CPU, {os.cpu_count()} cores, threads per row in the table (rows written '
+                     f'before threads were recorded ran with torch\'s default, one per core)')
     lines = [
         f'Fashion-MNIST, `{ENCODER}` (28 -> 32 padded, 8x8 grid, unless the row says otherwise), xavier init, '
         f'{args.train_samples} pretraining images x {args.epochs} epoch(s), batch {args.batch_size}, blr {args.blr}, '
@@ -321,8 +337,8 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in args.argv)}`.',
         '',
         '| row | group | target | LARS top-1 | converged top-1 | kNN top-1 | best block | seeds | pretrain img/s '
-        '| pretrain CPU-min | paper CIFAR-10 LIN |',
-        '|---|---|---|---|---|---|---|---|---|---|---|',
+        '| pretrain CPU-min | threads | paper CIFAR-10 LIN |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     summary = []
     for row in selected:
@@ -334,11 +350,13 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         entry = dict(row=row['name'], group=row['group'], target=_target(row), seeds=[r['seed'] for r in rs],
                      top1=[r['top1'] for r in rs], lbfgs_top1=[r.get('lbfgs_top1') for r in rs],
                      knn_top1=[r['knn_top1'] for r in rs], per_block_top1=[r.get('per_block_top1') for r in rs],
-                     images_per_s=ips, pretrain_cpu_min=cpu_min, paper_cifar10=PAPER_CIFAR10.get(row['name']))
+                     images_per_s=ips, pretrain_cpu_min=cpu_min, paper_cifar10=PAPER_CIFAR10.get(row['name']),
+                     torch_threads=[r.get('torch_threads') for r in rs])
+        threads = ', '.join('default' if t is None else str(t) for t in entry['torch_threads'])
         summary.append(entry)
         lines.append(f'| {row["name"]} | {row["group"]} | {entry["target"]} | {_stats(entry["top1"])} | '
                      f'{_stats(entry["lbfgs_top1"])} | {_stats(entry["knn_top1"])} | {_best_block(rs)} | {len(rs)} | '
-                     f'{_stats(ips)} | {_stats(cpu_min)} | {PAPER_CIFAR10.get(row["name"], "-")} |')
+                     f'{_stats(ips)} | {_stats(cpu_min)} | {threads} | {PAPER_CIFAR10.get(row["name"], "-")} |')
         if row['pretrain'] is None:
             pixels = dict(row='raw pixels', top1=[r.get('pixel_linear_top1') for r in rs],
                           lbfgs_top1=[r.get('pixel_lbfgs_top1') for r in rs],
@@ -346,9 +364,9 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                           pca_lbfgs_top1=[r.get('pixel_pca_linear_top1') for r in rs])
             summary.append(pixels)
             lines.append(f'| raw pixels (the probe\'s 32x32 input) | - | - | {_stats(pixels["top1"])} | '
-                         f'{_stats(pixels["lbfgs_top1"])} | {_stats(pixels["knn_top1"])} | - | {len(rs)} | - | - | - |')
+                         f'{_stats(pixels["lbfgs_top1"])} | {_stats(pixels["knn_top1"])} | - | {len(rs)} | - | - | - | - |')
             lines.append(f'| raw pixels, PCA to the encoder width (128) | - | - | - | '
-                         f'{_stats(pixels["pca_lbfgs_top1"])} | - | - | {len(rs)} | - | - | - |')
+                         f'{_stats(pixels["pca_lbfgs_top1"])} | - | - | {len(rs)} | - | - | - | - |')
     with open(os.path.join(root, f'{tag}.json'), 'w') as f:
         json.dump(dict(tag=tag, hardware=hardware, args=vars(args), rows=summary), f, indent=2)
     with open(os.path.join(root, f'{tag}.md'), 'w') as f:

@@ -42,3 +42,18 @@ def test_equal_time_row_waits_for_a_complete_reference(tmp_path):
     assert _equal_time_steps(str(tmp_path), 0) is None
     write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=1000.0, steps=312)
     assert _equal_time_steps(str(tmp_path), 0) == 500
+
+
+def test_equal_time_row_refuses_cpu_times_from_different_thread_counts(tmp_path):
+    import json
+
+    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_steps, _slug
+
+    def write(name, **record):
+        (tmp_path / f'{_slug(name)}-seed1.json').write_text(json.dumps(record))
+
+    write(EQUAL_TIME_RATE, pretrain_cpu_s=600.0, steps=300, torch_threads=2)
+    write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=1000.0, steps=312, torch_threads=1)
+    assert _equal_time_steps(str(tmp_path), 1) is None
+    write(EQUAL_TIME_RATE, pretrain_cpu_s=600.0, steps=300, torch_threads=1)
+    assert _equal_time_steps(str(tmp_path), 1) == 500
