@@ -27,7 +27,7 @@ BATCH = 32
 TINY = ['--max-train-samples', '256', '--batch-size', str(BATCH), '--workers', '0', '--no-progress', '--vis-every', '0',
         '--save-every', '0', '--log-every', '1', '--drop-path', '0.1', '--eval-train-samples', '200',
         '--eval-test-samples', '100']
-EVAL_KEYS = {'event', 'step', 'epoch', 'images_seen', 'wall_time_s', 'cpu_time_s', 'knn_top1', 'eval_s'}
+EVAL_KEYS = {'event', 'step', 'epoch', 'images_seen', 'wall_time_s', 'cpu_time_s', 'knn_top1', 'eval_s', 'eval_cpu_s'}
 
 
 def _records(out_dir, event):
@@ -56,7 +56,7 @@ def test_eval_records_log_the_start_every_n_steps_and_beat_chance(runs):
     assert [r['epoch'] for r in evals] == [0.0, 0.25, 0.5]
     assert [r['images_seen'] for r in evals] == [0, 2 * BATCH, 4 * BATCH]
     for r in evals:
-        assert set(r) == EVAL_KEYS | {'lbfgs_top1'} and r['eval_s'] > 0
+        assert set(r) == EVAL_KEYS | {'lbfgs_top1'} and r['eval_s'] > 0 and r['eval_cpu_s'] > 0
         # 10 classes: chance is 10 %; even the random-init encoder's features are far better than that
         assert 25 < r['knn_top1'] <= 100 and 25 < r['lbfgs_top1'] <= 100
     walls = [r['wall_time_s'] for r in evals]
@@ -117,6 +117,18 @@ def test_splits_too_large_to_cache_are_streamed_with_the_same_scores(monkeypatch
     assert encoder.training and torch.equal(torch.get_rng_state(), rng)  # mode and global RNG restored
 
 
+def test_eval_seed_draws_the_same_subsets_for_runs_of_other_seeds(fashion_mnist_train):
+    def evaluator(*flags):
+        cfg = parse_pretrain_args(['--eval-every', '1', '--eval-train-samples', '50', '--eval-test-samples', '40',
+                                   '--workers', '0', *flags])
+        return OnlineEvaluator(cfg, torch.device('cpu'))
+
+    seed0, seed1, fixed = evaluator('--seed', '0'), evaluator('--seed', '1'), evaluator('--seed', '1', '--eval-seed', '0')
+    for split in ('bank', 'queries'):
+        a, b, c = (getattr(e, split).dataset.indices for e in (seed0, seed1, fixed))
+        assert list(a) != list(b) and list(a) == list(c)
+
+
 def test_read_curves_drops_replayed_steps_and_leaves_evaluation_time_out(tmp_path):
     log = tmp_path / 'run' / 'log.jsonl'
     log.parent.mkdir()
@@ -140,6 +152,32 @@ def test_read_curves_drops_replayed_steps_and_leaves_evaluation_time_out(tmp_pat
     # 5 s at step 4 and 7 s at step 6), its evaluation left out; its last record: 2 steps x 10 images at 20 images/s
     assert curves.train_wall_s == [3.0, 5.0, 6.0 + 3.0, 6.0 + 3.0 + 20 / 20.0]
     assert curves.eval_images == [0, 60] and curves.eval_wall_s == [1.0, 9.5] and curves.knn_top1 == [20.0, 30.0]
+
+
+def test_read_curves_cpu_clock_leaves_evaluation_out_and_continues_across_a_resume(tmp_path):
+    log = tmp_path / 'run' / 'log.jsonl'
+    log.parent.mkdir()
+    records = [
+        dict(event='start', step=0, effective_batch=10),
+        dict(event='eval', step=0, images_seen=0, wall_time_s=1.0, cpu_time_s=2.0, knn_top1=20.0, eval_s=4.0,
+             eval_cpu_s=7.0),
+        dict(event='train', step=2, loss=3.0, wall_time_s=7.0, cpu_time_s=13.0),  # 13 - 7 of eval: 6 CPU-s
+        dict(event='train', step=4, loss=2.0, wall_time_s=9.0, cpu_time_s=17.0),
+        dict(event='resume', step=3, epoch=0, checkpoint='checkpoint-last.pth'),
+        dict(event='start', step=3, effective_batch=10),
+        dict(event='eval', step=3, images_seen=30, wall_time_s=0.5, cpu_time_s=1.0, knn_top1=25.0, eval_s=1.0,
+             eval_cpu_s=3.0),
+        dict(event='train', step=4, loss=1.9, wall_time_s=2.5, cpu_time_s=5.0),
+    ]
+    log.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    curves = read_curves(str(log))
+    # step 3 lies halfway between 6 and 10 CPU-s of training: the resumed segment continues from 8
+    assert curves.train_cpu_s == [6.0, 8.0 + 5.0 - 3.0]
+    assert curves.eval_cpu_s == [2.0, 8.0 + 1.0]
+    assert curves.train_wall_s == [3.0, 4.0 + 2.5 - 1.0]
+    old = [dict(r, cpu_time_s=None) if r['event'] == 'train' else r for r in records[:4]]
+    log.write_text(''.join(json.dumps(r) + '\n' for r in old))
+    assert read_curves(str(log)).train_cpu_s == [None, None]  # a log without CPU times has no CPU axis
 
 
 def test_curves_command_line_draws_several_runs_and_refuses_a_missing_log(runs, tmp_path, capsys):

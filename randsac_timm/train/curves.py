@@ -8,9 +8,10 @@
 A log holds one segment per process that wrote to it, each opened by a `start` record with the step it started from.
 A resumed segment replays the steps after its checkpoint, so the earlier segments' records past its starting step
 are dropped, and its clock continues from the time the earlier segments had reached at that step (a new run in
-the same folder starts from step 0 and so replaces them). The wall-clock axis is training time: the
-evaluations' own seconds (`eval_s`) are left out, so runs evaluated at different rates compare fairly. Train
-records without `wall_time_s` (logs written before it was recorded) are timed from their `images_per_s`.
+the same folder starts from step 0 and so replaces them). Both clocks, wall-clock and the process's CPU time
+(user + system), are training time: the evaluations' own seconds (`eval_s`, `eval_cpu_s`) are left out, so runs
+evaluated at different rates compare fairly. Train records without `wall_time_s` (logs written before it was
+recorded) are timed from their `images_per_s`; without `cpu_time_s`, the run has no CPU-time axis (None).
 """
 import argparse
 import json
@@ -26,7 +27,8 @@ __all__ = ['RunCurves', 'read_curves', 'plot_curves', 'main']
 
 @dataclass
 class RunCurves:
-    """One run's points; `wall_s` is training wall-clock (evaluation time left out), across resumes."""
+    """One run's points; `wall_s` / `cpu_s` are training wall-clock / CPU time (evaluation time left out), across
+    resumes. `*_cpu_s` are None where the log has no CPU time."""
 
     label: str
     train_images: List[float] = field(default_factory=list)
@@ -34,6 +36,8 @@ class RunCurves:
     loss: List[float] = field(default_factory=list)
     eval_images: List[float] = field(default_factory=list)
     eval_wall_s: List[float] = field(default_factory=list)
+    train_cpu_s: List[Optional[float]] = field(default_factory=list)
+    eval_cpu_s: List[Optional[float]] = field(default_factory=list)
     knn_top1: List[float] = field(default_factory=list)
     lbfgs_top1: List[Optional[float]] = field(default_factory=list)
 
@@ -47,11 +51,19 @@ def _segments(records: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
     return segments
 
 
-def _timed(segment: List[Dict[str, Any]], offset: float) -> List[Dict[str, Any]]:
-    """The segment's train and eval records, each with `images` seen and training wall-clock `clock` added."""
+def _timed(segment: List[Dict[str, Any]], offset: float, cpu_offset: Optional[float]) -> List[Dict[str, Any]]:
+    """The segment's train and eval records, each with `images` seen and the training clocks `clock` (wall) and
+    `cpu_clock` (CPU time, None where unknown) added."""
     start = segment[0] if segment[0].get('event') == 'start' else {}
     batch = start.get('effective_batch', 1)
-    out, evals_s, last = [], 0.0, (start.get('step', 0), 0.0)  # (step, clock) of the previous train record
+    out, evals_s, evals_cpu = [], 0.0, 0.0
+    last = (start.get('step', 0), 0.0)  # (step, clock) of the previous train record
+
+    def cpu_clock(record: Dict[str, Any]) -> Optional[float]:
+        if cpu_offset is None or record.get('cpu_time_s') is None:
+            return None
+        return cpu_offset + record['cpu_time_s'] - evals_cpu
+
     for record in segment:
         event = record.get('event')
         if event == 'train':
@@ -60,24 +72,30 @@ def _timed(segment: List[Dict[str, Any]], offset: float) -> List[Dict[str, Any]]
             else:
                 clock = last[1] + (record['step'] - last[0]) * batch / max(record.get('images_per_s') or 0, 1e-9)
             last = (record['step'], clock)
-            out.append(dict(record, images=record['step'] * batch, clock=offset + clock))
-        elif event == 'eval':  # its wall_time_s is taken before the evaluation ran
-            out.append(dict(record, images=record['images_seen'], clock=offset + record['wall_time_s'] - evals_s))
+            out.append(dict(record, images=record['step'] * batch, clock=offset + clock, cpu_clock=cpu_clock(record)))
+        elif event == 'eval':  # its clocks are read before the evaluation ran
+            out.append(dict(record, images=record['images_seen'], clock=offset + record['wall_time_s'] - evals_s,
+                            cpu_clock=cpu_clock(record)))
             evals_s += record.get('eval_s', 0.0)
+            evals_cpu += record.get('eval_cpu_s', 0.0)
     return out
 
 
-def _clock_at(points: List[Dict[str, Any]], step: int) -> float:
-    """Training clock at `step`, interpolated between the train records around it."""
+def _clock_at(points: List[Dict[str, Any]], step: int, key: str = 'clock') -> Optional[float]:
+    """Training clock `key` ('clock' or 'cpu_clock') at `step`, interpolated between the train records around it;
+    None where that clock is unknown."""
     train = [p for p in points if p['event'] == 'train']
     before = [p for p in train if p['step'] <= step]
     after = [p for p in train if p['step'] > step]
     if not before:
         return 0.0
-    if not after or after[0]['step'] == before[-1]['step']:
-        return before[-1]['clock']
-    a, b = before[-1], after[0]
-    return a['clock'] + (b['clock'] - a['clock']) * (step - a['step']) / (b['step'] - a['step'])
+    a = before[-1][key]
+    if not after or after[0]['step'] == before[-1]['step'] or a is None:
+        return a
+    b = after[0][key]
+    if b is None:
+        return a
+    return a + (b - a) * (step - before[-1]['step']) / (after[0]['step'] - before[-1]['step'])
 
 
 def read_curves(path: str, label: Optional[str] = None) -> RunCurves:
@@ -96,17 +114,19 @@ def read_curves(path: str, label: Optional[str] = None) -> RunCurves:
         first = segment[0].get('step', 0)
         if not first:  # a new run in the same folder
             points = []
-        offset = _clock_at(points, first)
-        points = [p for p in points if p['step'] <= first] + _timed(segment, offset)
+        offset, cpu_offset = _clock_at(points, first), _clock_at(points, first, 'cpu_clock')
+        points = [p for p in points if p['step'] <= first] + _timed(segment, offset, cpu_offset)
     curves = RunCurves(label or os.path.basename(os.path.dirname(os.path.abspath(path))))
     for p in points:
         if p['event'] == 'train':
             curves.train_images.append(p['images'])
             curves.train_wall_s.append(p['clock'])
+            curves.train_cpu_s.append(p['cpu_clock'])
             curves.loss.append(p['loss'])
         else:
             curves.eval_images.append(p['images'])
             curves.eval_wall_s.append(p['clock'])
+            curves.eval_cpu_s.append(p['cpu_clock'])
             curves.knn_top1.append(p['knn_top1'])
             curves.lbfgs_top1.append(p.get('lbfgs_top1'))
     return curves

@@ -467,6 +467,8 @@ class Evaluation:
         start, wall, cpu = time.time(), logger.clock.wall(), logger.clock.cpu()
         if self.evaluator is not None:
             result = self.evaluator.evaluate(unwrap_model(run.model).encoder)
+            # its own CPU time too, so time-to-accuracy curves (curves.py, benchmarks/race.py) can leave it out
+            result['eval_cpu_s'] = logger.clock.cpu() - cpu
             logger.log.write(event='eval', step=state.step, epoch=_epoch(run, state),
                              images_seen=state.step * run.eff_batch, wall_time_s=wall, cpu_time_s=cpu, **result)
             logger.show(knn=f'{result["knn_top1"]:.1f}')

@@ -7,8 +7,8 @@ What is measured is `eval_linear.py`'s own protocol, by its own functions, on sm
     feature  the mean of the encoder's last-block tokens (`linear_probe.mean_token_features`);
     kNN      cosine, k = 20, T = 0.07, votes exp(cos / T) (`linear_probe.knn_scores`, LinearProbeConfig's k and T);
     readout  multinomial logistic regression fitted by L-BFGS to convergence (`converged_probe.readout_top1`).
-The subsets are drawn once from `--seed`, so every evaluation of a run (and of runs with the same seed) scores the
-same images, and the numbers of a finished run are comparable to `eval_linear.py --max-train-samples N
+The subsets are drawn once from `--eval-seed` (default `--seed`), so every evaluation of a run (and of runs with the
+same evaluation seed) scores the same images, and the numbers of a finished run are comparable to `eval_linear.py --max-train-samples N
 --max-eval-samples M` of its encoder.
 
 It runs on the primary process, in eval mode, under `torch.no_grad` and inside `torch.random.fork_rng`, so the
@@ -72,9 +72,10 @@ class OnlineEvaluator:
         mean, std = dataset_stats(cfg.dataset)
         transform = build_eval_transform(cfg.img_size, mean, std, pad_to=dataset_pad_to(cfg.dataset, cfg.img_size))
         splits = {}
+        seed = cfg.seed if cfg.eval_seed is None else cfg.eval_seed
         for split, samples in (('train', cfg.eval_train_samples), ('val', cfg.eval_test_samples)):
             dataset = build_dataset(cfg.dataset, split, cfg.data_dir, transform=transform, download=cfg.download,
-                                    max_samples=samples, seed=cfg.seed)
+                                    max_samples=samples, seed=seed)
             splits[split] = _Split(dataset, cfg.batch_size, cfg.workers)
         self.bank, self.queries = splits['train'], splits['val']
         self.num_classes = dataset_num_classes(cfg.dataset, self.bank.dataset)
