@@ -1,0 +1,317 @@
+"""Time-to-accuracy race: RandSAC against MAE on Fashion-MNIST, time counted as the training process's CPU time.
+
+    python benchmarks/race.py                                 # 2 seeds x 2 methods x 60 CPU-min, resumable
+    python benchmarks/race.py --budget-cpu-min 5 --train-samples 5000 --seeds 1 --tag race_smoke
+    python benchmarks/race.py --recipes recipes.json          # the recipe search's best settings per method
+    python benchmarks/race.py --table-only                    # the table and plot from the runs finished so far
+
+Each method pretrains `randsac_vit_micro_patch4_32` for the same CPU budget, with its own recipe (default: the
+ablation grid's fair settings, shared by both: xavier init, normalised-pixel target, AdamW betas (0.9, 0.999),
+blr 1.5e-3, batch 128, the full training split). The budget becomes each method's epoch count from its measured
+CPU-s per step (a short calibration run, same thread count), rounded to whole epochs, so each cosine schedule ends
+near the budget; every run reports the CPU time it actually used.
+
+During training the online evaluation (`--eval-every`, with the converged L-BFGS readout) scores the encoder on
+fixed seeded subsets (bank: `--eval-train-samples` of the train split, queries: `--eval-test-samples` of the test
+split) about `--evals` times. Time is the process's user + system CPU time with the evaluations' own CPU time left
+out (`train/curves.py`), so a busy machine does not tilt the race and evaluating costs neither side anything. Runs
+go `--parallel` at a time (default 2 processes of `--threads 1` on 2 cores), the two methods of a seed side by side,
+so both see the same machine.
+
+Time to a threshold is the training CPU-minutes at the first evaluation at or above it (so it is an upper bound,
+within one evaluation interval). Thresholds: `--thresholds` (default 75, 80 and 84.6, raw pixels' LARS probe on the
+full split) and the raw pixels' own kNN and L-BFGS scores on the same subsets (`pixels.json`).
+
+Outputs: `benchmarks/results/<tag>/<method>-seed<N>.json` per finished run (resumable run by run; an unfinished run
+resumes from its checkpoint), `calibration.json`, `pixels.json`, then `benchmarks/results/<tag>.md` (table),
+`<tag>.json` and `<tag>.png` (accuracy against CPU-minutes, both methods, every seed). Runs live in
+`output/race/<tag>/` (not committed).
+"""
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ablation_grid import MAE, NORM, RANDSAC  # noqa: E402  (the grid's models and target: one fair setting)
+
+from randsac_timm.train.checkpoint import atomic_write  # noqa: E402
+from randsac_timm.train.config import PretrainConfig, make_config  # noqa: E402
+from randsac_timm.train.curves import read_curves  # noqa: E402
+
+RECIPES: Dict[str, Dict[str, Any]] = {
+    'RandSAC': dict(model=RANDSAC, segments='blob:11-5', **NORM),
+    'MAE': dict(model=MAE, mask_ratio=0.75, **NORM),
+}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+
+
+def _values(args, method: str, recipes: Dict[str, Dict[str, Any]], seed: int, out_dir: str) -> Dict[str, Any]:
+    values = dict(
+        dataset='fashion_mnist', img_size=32, max_train_samples=args.train_samples, epochs=1,
+        batch_size=args.batch_size, blr=args.blr, min_lr=1e-5, warmup_epochs=0.0, weight_decay=0.05,
+        betas=(0.9, 0.999), workers=0, device='cpu', seed=seed, output_dir=out_dir, save_every=100,
+        log_every=10, vis_every=0, progress=False, data_dir=args.data_dir,
+        eval_train_samples=args.eval_train_samples, eval_test_samples=args.eval_test_samples,
+        eval_seed=0)  # every run, whatever its seed, is scored on the same images as the pixel floor
+    values.update(recipes[method])
+    return values
+
+
+def _train(values: Dict[str, Any]):
+    from randsac_timm.train.engine import train
+
+    return train(make_config(PretrainConfig, values))
+
+
+def _write(path: str, record: Dict[str, Any]) -> None:
+    text = json.dumps(record, indent=2)
+    atomic_write(path, lambda tmp: open(tmp, 'w').write(text))
+
+
+def _read(path: str) -> Optional[Dict[str, Any]]:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def calibrate(args, recipes, rows_dir: str, work: str) -> Dict[str, Any]:
+    """Each method's CPU-s per optimizer step (steps 3.. of a short run at this thread count), kept in a file."""
+    path = os.path.join(rows_dir, 'calibration.json')
+    done = _read(path) or {}
+    for method in recipes:
+        key = f'{method}@{torch.get_num_threads()}threads'
+        if key in done:
+            continue
+        out = os.path.join(work, f'calibrate-{method}')
+        values = dict(_values(args, method, recipes, 0, out), max_steps=args.calibration_steps, log_every=1,
+                      auto_resume=False, save_every=0)
+        result = _train(values)
+        with open(result.log) as f:
+            train = [r for r in map(json.loads, f) if r['event'] == 'train']
+        first, last = train[2], train[-1]  # the first steps warm up allocators and caches
+        done[key] = dict(cpu_s_per_step=(last['cpu_time_s'] - first['cpu_time_s']) / (last['step'] - first['step']),
+                         steps=last['step'] - first['step'], threads=torch.get_num_threads())
+        print(f'calibration {method}: {done[key]["cpu_s_per_step"]:.2f} CPU-s per step', flush=True)
+        _write(path, done)
+    return done
+
+
+def pixel_floor(args, rows_dir: str) -> Dict[str, float]:
+    """Raw pixels' kNN and L-BFGS top-1 on the online evaluation's subsets (the same images and transform)."""
+    path = os.path.join(rows_dir, 'pixels.json')
+    if _read(path):
+        return _read(path)
+    from randsac_timm.eval.converged_probe import readout_top1
+    from randsac_timm.eval.linear_probe import knn_scores, topk_accuracy
+    from randsac_timm.train.online_eval import KNN_K, KNN_T, OnlineEvaluator
+
+    cfg = make_config(PretrainConfig, _values(args, 'RandSAC', RECIPES, 0, 'unused'))
+    evaluator = OnlineEvaluator(cfg, torch.device('cpu'))
+    (bank, bank_labels), (queries, query_labels) = [
+        [torch.cat(t) for t in zip(*[(x.flatten(1), y) for x, y in split.batches()])]
+        for split in (evaluator.bank, evaluator.queries)]
+    knn = topk_accuracy(knn_scores(bank, bank_labels, queries, evaluator.num_classes, KNN_K, KNN_T), query_labels)[1]
+    lbfgs = readout_top1(bank, bank_labels, queries, query_labels, evaluator.num_classes)[0]
+    record = dict(knn_top1=knn, lbfgs_top1=lbfgs, bank=len(bank), queries=len(queries), seed=0)
+    _write(path, record)
+    return record
+
+
+def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, calibration) -> Dict[str, Any]:
+    """Pretrain `method` for the CPU budget with online evaluation; its curve and times as the run's row file."""
+    rate = calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
+    out = os.path.join(work, f'{method}-seed{seed}')
+    values = _values(args, method, recipes, seed, out)
+    steps_per_epoch = max(1, values['max_train_samples'] // values['batch_size'])
+    epochs = max(1, round(args.budget_cpu_min * 60 / rate / steps_per_epoch))
+    values.update(epochs=epochs, warmup_epochs=values.get('warmup_epochs') or epochs / 10,
+                  eval_every=epochs / args.evals, eval_lbfgs=True)
+    result = _train(values)
+    curves = read_curves(result.log)
+    if any(t is None for t in curves.eval_cpu_s):
+        raise SystemExit(f'{result.log} has evaluations without CPU times: delete {out} and run the race again')
+    record = dict(method=method, seed=seed, recipe=recipes[method], epochs=epochs, steps=result.step,
+                  calibrated_cpu_s_per_step=rate, threads=torch.get_num_threads(),
+                  train_cpu_min=curves.train_cpu_s[-1] / 60, train_wall_min=curves.train_wall_s[-1] / 60,
+                  eval_cpu_min=[t / 60 for t in curves.eval_cpu_s], eval_images=curves.eval_images,
+                  knn_top1=curves.knn_top1, lbfgs_top1=curves.lbfgs_top1, final_loss=result.last_loss,
+                  log=result.log, config=values)
+    _write(os.path.join(rows_dir, f'{method}-seed{seed}.json'), record)
+    return record
+
+
+def time_to(cpu_min: Sequence[float], accuracy: Sequence[Optional[float]], threshold: float) -> Optional[float]:
+    """CPU-minutes at the first evaluation at or above `threshold`; None if never reached."""
+    for t, a in zip(cpu_min, accuracy):
+        if a is not None and a >= threshold:
+            return t
+    return None
+
+
+def _stats(values: List[Optional[float]], digits: int = 1) -> str:
+    if not values:
+        return '-'
+    reached = [v for v in values if v is not None]
+    if not reached:
+        return 'never'
+    if len(reached) < len(values):  # some seeds never got there
+        shown = ', '.join('never' if v is None else f'{v:.{digits}f}' for v in values)
+        return f'{shown} (not all seeds)'
+    if len(reached) == 1:
+        return f'{reached[0]:.{digits}f}'
+    return f'{statistics.mean(reached):.{digits}f} ± {statistics.stdev(reached):.{digits}f}'
+
+
+def write_table(args, rows_dir: str, tag: str, argv: List[str]) -> None:
+    runs = [r for r in (_read(os.path.join(rows_dir, n)) for n in sorted(os.listdir(rows_dir))) if r and 'method' in r]
+    if not runs:
+        print('no finished runs yet')
+        return
+    pixels = _read(os.path.join(rows_dir, 'pixels.json')) or {}
+    thresholds = [('kNN', 'knn_top1', t) for t in args.thresholds] + [('linear', 'lbfgs_top1', t)
+                                                                     for t in args.thresholds]
+    if pixels:
+        thresholds += [('kNN', 'knn_top1', pixels['knn_top1']), ('linear', 'lbfgs_top1', pixels['lbfgs_top1'])]
+    methods = [m for m in RECIPES if any(r['method'] == m for r in runs)]
+    header = ['method', 'seeds', 'CPU-min used', 'epochs'] + [f'{kind} ≥ {t:.1f}' for kind, _, t in thresholds] + [
+        'final kNN', 'final linear', 'images / CPU-s']
+    lines = [f'Fashion-MNIST, `randsac_vit_micro_patch4_32`, budget {args.budget_cpu_min} CPU-min per run '
+             f'({runs[0]["threads"]} thread(s) per process), fp32. Cells: training CPU-minutes to the first '
+             f'evaluation at or above the accuracy (mean ± std over seeds; "never" = not within the budget). kNN '
+             f'(k=20, T=0.07) and linear (converged L-BFGS readout) on fixed subsets: bank '
+             f'{args.eval_train_samples} train images, queries {args.eval_test_samples} test images. Raw pixels on the '
+             f'same subsets: kNN {pixels.get("knn_top1", float("nan")):.1f}, linear '
+             f'{pixels.get("lbfgs_top1", float("nan")):.1f}. Command: '
+             f'`python benchmarks/race.py {" ".join(shlex.quote(a) for a in argv)}`.', '',
+             '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    summary = []
+    for method in methods:
+        rs = [r for r in runs if r['method'] == method]
+        cells = [method, ', '.join(str(r['seed']) for r in rs), _stats([r['train_cpu_min'] for r in rs]),
+                 ', '.join(str(r['epochs']) for r in rs)]
+        reached = {}
+        for kind, key, t in thresholds:
+            times = [time_to(r['eval_cpu_min'], r[key], t) for r in rs]
+            reached[f'{kind}>={t:.1f}'] = times
+            cells.append(_stats(times))
+        images_per_cpu_s = [r['steps'] * r['config']['batch_size'] / (r['train_cpu_min'] * 60) for r in rs]
+        cells += [_stats([r['knn_top1'][-1] for r in rs]), _stats([r['lbfgs_top1'][-1] for r in rs]),
+                  _stats(images_per_cpu_s)]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+        summary.append(dict(method=method, seeds=[r['seed'] for r in rs], cpu_min_to=reached,
+                            final_knn=[r['knn_top1'][-1] for r in rs], final_lbfgs=[r['lbfgs_top1'][-1] for r in rs],
+                            images_per_cpu_s=images_per_cpu_s))
+    with open(os.path.join(RESULTS, f'{tag}.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    with open(os.path.join(RESULTS, f'{tag}.json'), 'w') as f:
+        json.dump(dict(tag=tag, args={k: v for k, v in vars(args).items()}, pixels=pixels, methods=summary), f,
+                  indent=2)
+    _plot(runs, pixels, os.path.join(RESULTS, f'{tag}.png'))
+    print('\n'.join(lines))
+
+
+def _plot(runs: List[Dict[str, Any]], pixels: Dict[str, float], png: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 5), layout='constrained')
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    colors = {m: f'C{i}' for i, m in enumerate(RECIPES)}
+    for ax, key, name in ((axes[0], 'knn_top1', 'kNN top-1'), (axes[1], 'lbfgs_top1', 'linear (L-BFGS) top-1')):
+        for r in runs:
+            ax.plot(r['eval_cpu_min'], r[key], 'o-' if r['seed'] == 0 else 's--', color=colors[r['method']],
+                    label=f'{r["method"]} seed {r["seed"]}')
+        if key in pixels:
+            ax.axhline(pixels[key], color='gray', linestyle=':', label='raw pixels, same subsets')
+        ax.set_xlabel('training CPU-minutes (evaluation left out)')
+        ax.set_ylabel(f'{name} on the test subset (%)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize='small')
+    fig.suptitle('RandSAC vs MAE: accuracy against CPU time (Fashion-MNIST, micro encoder)')
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--budget-cpu-min', type=float, default=60.0, help='training CPU-minutes per run')
+    parser.add_argument('--seeds', type=int, default=2)
+    parser.add_argument('--methods', nargs='+', default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument('--recipes', default=None,
+                        help='JSON file {method: {PretrainConfig field: value}} replacing each method\'s overrides')
+    parser.add_argument('--train-samples', type=int, default=60000, help='pretraining images (a seeded subset)')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--blr', type=float, default=1.5e-3)
+    parser.add_argument('--evals', type=int, default=8, help='online evaluations per run, besides step 0')
+    parser.add_argument('--eval-train-samples', type=int, default=5000)
+    parser.add_argument('--eval-test-samples', type=int, default=2000)
+    parser.add_argument('--thresholds', type=float, nargs='+', default=[75.0, 80.0, 84.6])
+    parser.add_argument('--calibration-steps', type=int, default=12)
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads per run')
+    parser.add_argument('--parallel', type=int, default=2, help='runs at once')
+    parser.add_argument('--data-dir', default=None)
+    parser.add_argument('--tag', default='race')
+    parser.add_argument('--table-only', action='store_true')
+    parser.add_argument('--worker', nargs=2, metavar=('METHOD', 'SEED'), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != '--table-only']
+    for name in ('budget_cpu_min', 'evals', 'threads', 'parallel', 'seeds', 'calibration_steps'):
+        if not getattr(args, name) > 0 or (name == 'calibration_steps' and args.calibration_steps < 4):
+            raise SystemExit(f'--{name.replace("_", "-")} {getattr(args, name)}: give a positive number '
+                             f'(calibration needs 4 steps or more)')
+    recipes = dict(RECIPES)
+    if args.recipes:
+        if not os.path.isfile(args.recipes):
+            raise SystemExit(f'--recipes {args.recipes}: no such file; give a JSON file {{method: {{field: value}}}}')
+        with open(args.recipes) as f:
+            recipes.update(json.load(f))
+    recipes = {m: recipes[m] for m in args.methods}
+    torch.set_num_threads(args.threads)
+    rows_dir, work = os.path.join(RESULTS, args.tag), os.path.join('output', 'race', args.tag)
+    os.makedirs(rows_dir, exist_ok=True)
+    if args.worker:
+        method, seed = args.worker[0], int(args.worker[1])
+        run_one(args, recipes, method, seed, rows_dir, work, calibrate(args, recipes, rows_dir, work))
+        return
+    if not args.table_only:
+        calibrate(args, recipes, rows_dir, work)
+        pixel_floor(args, rows_dir)
+        todo = [(m, s) for s in range(args.seeds) for m in recipes  # a seed's methods side by side
+                if not os.path.exists(os.path.join(rows_dir, f'{m}-seed{s}.json'))]
+        running: List[subprocess.Popen] = []
+        failed = []
+        for method, seed in todo:
+            while len(running) >= args.parallel:
+                running = _reap(running, failed)
+            print(f'=== {method} seed {seed}', flush=True)
+            running.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv,
+                                             '--worker', method, str(seed)]))
+        while running:
+            running = _reap(running, failed)
+        if failed:
+            raise SystemExit(f'{len(failed)} run(s) failed: {failed}; rerun the same command to resume them')
+    write_table(args, rows_dir, args.tag, argv)
+
+
+def _reap(running: List[subprocess.Popen], failed: List[str]) -> List[subprocess.Popen]:
+    """Wait until one run ends; the ones still running."""
+    import time
+
+    while all(p.poll() is None for p in running):
+        time.sleep(2)
+    for p in running:
+        if p.poll() not in (None, 0):
+            failed.append(' '.join(p.args[-2:]))
+    return [p for p in running if p.poll() is None]
+
+
+if __name__ == '__main__':
+    main()
