@@ -364,7 +364,8 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                           pca_lbfgs_top1=[r.get('pixel_pca_linear_top1') for r in rs])
             summary.append(pixels)
             lines.append(f'| raw pixels (the probe\'s 32x32 input) | - | - | {_stats(pixels["top1"])} | '
-                         f'{_stats(pixels["lbfgs_top1"])} | {_stats(pixels["knn_top1"])} | - | {len(rs)} | - | - | - | - |')
+                         f'{_stats(pixels["lbfgs_top1"])} | {_stats(pixels["knn_top1"])} | - | {len(rs)} | '
+                         f'- | - | - | - |')
             lines.append(f'| raw pixels, PCA to the encoder width (128) | - | - | - | '
                          f'{_stats(pixels["pca_lbfgs_top1"])} | - | - | {len(rs)} | - | - | - | - |')
     with open(os.path.join(root, f'{tag}.json'), 'w') as f:

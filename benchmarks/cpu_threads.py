@@ -52,7 +52,8 @@ def main() -> None:
         results[name] = dict(processes=runs, total_steps_per_s=sum(r['steps_per_s'] for r in runs))
         cpu = ', '.join(f'{r["cpu_s_per_step"]:.2f}' for r in runs)
         print(f'{name:24s} {results[name]["total_steps_per_s"]:.3f} steps/s in all, CPU-s/step {cpu}', flush=True)
-    speedup = results['2 processes x 1 thread']['total_steps_per_s'] / results['1 process x 2 threads']['total_steps_per_s']
+    speedup = (results['2 processes x 1 thread']['total_steps_per_s']
+               / results['1 process x 2 threads']['total_steps_per_s'])
     print(f'two 1-thread processes / one 2-thread process: {speedup:.2f}x')
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'cpu_threads.json')
     with open(out, 'w') as f:

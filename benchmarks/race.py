@@ -39,7 +39,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation_grid import MAE, NORM, RANDSAC  # noqa: E402  (the grid's models and target: one fair setting)
+# the grid's models and target (one fair setting), and its row-file I/O
+from ablation_grid import MAE, NORM, RANDSAC, _read, _write_row  # noqa: E402
 
 from randsac_timm.train.checkpoint import atomic_write  # noqa: E402
 from randsac_timm.train.config import PretrainConfig, make_config  # noqa: E402
@@ -70,18 +71,6 @@ def _train(values: Dict[str, Any]):
     return train(make_config(PretrainConfig, values))
 
 
-def _write(path: str, record: Dict[str, Any]) -> None:
-    text = json.dumps(record, indent=2)
-    atomic_write(path, lambda tmp: open(tmp, 'w').write(text))
-
-
-def _read(path: str) -> Optional[Dict[str, Any]]:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def calibrate(args, recipes, rows_dir: str, work: str) -> Dict[str, Any]:
     """Each method's CPU-s per optimizer step (steps 3.. of a short run at this thread count), kept in a file."""
     path = os.path.join(rows_dir, 'calibration.json')
@@ -100,15 +89,16 @@ def calibrate(args, recipes, rows_dir: str, work: str) -> Dict[str, Any]:
         done[key] = dict(cpu_s_per_step=(last['cpu_time_s'] - first['cpu_time_s']) / (last['step'] - first['step']),
                          steps=last['step'] - first['step'], threads=torch.get_num_threads())
         print(f'calibration {method}: {done[key]["cpu_s_per_step"]:.2f} CPU-s per step', flush=True)
-        _write(path, done)
+        _write_row(path, done)
     return done
 
 
 def pixel_floor(args, rows_dir: str) -> Dict[str, float]:
     """Raw pixels' kNN and L-BFGS top-1 on the online evaluation's subsets (the same images and transform)."""
     path = os.path.join(rows_dir, 'pixels.json')
-    if _read(path):
-        return _read(path)
+    done = _read(path)
+    if done:
+        return done
     from randsac_timm.eval.converged_probe import readout_top1
     from randsac_timm.eval.linear_probe import knn_scores, topk_accuracy
     from randsac_timm.train.online_eval import KNN_K, KNN_T, OnlineEvaluator
@@ -121,7 +111,7 @@ def pixel_floor(args, rows_dir: str) -> Dict[str, float]:
     knn = topk_accuracy(knn_scores(bank, bank_labels, queries, evaluator.num_classes, KNN_K, KNN_T), query_labels)[1]
     lbfgs = readout_top1(bank, bank_labels, queries, query_labels, evaluator.num_classes)[0]
     record = dict(knn_top1=knn, lbfgs_top1=lbfgs, bank=len(bank), queries=len(queries), seed=0)
-    _write(path, record)
+    _write_row(path, record)
     return record
 
 
@@ -144,7 +134,7 @@ def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, cal
                   eval_cpu_min=[t / 60 for t in curves.eval_cpu_s], eval_images=curves.eval_images,
                   knn_top1=curves.knn_top1, lbfgs_top1=curves.lbfgs_top1, final_loss=result.last_loss,
                   log=result.log, config=values)
-    _write(os.path.join(rows_dir, f'{method}-seed{seed}.json'), record)
+    _write_row(os.path.join(rows_dir, f'{method}-seed{seed}.json'), record)
     return record
 
 
@@ -271,8 +261,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.recipes:
         if not os.path.isfile(args.recipes):
             raise SystemExit(f'--recipes {args.recipes}: no such file; give a JSON file {{method: {{field: value}}}}')
-        with open(args.recipes) as f:
-            recipes.update(json.load(f))
+        fields = set(PretrainConfig.__dataclass_fields__)
+        try:
+            with open(args.recipes) as f:
+                given = json.load(f)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f'--recipes {args.recipes}: not valid JSON ({e}); give {{method: {{field: value}}}}')
+        for method, recipe in given.items():
+            unknown = sorted(set(recipe) - fields) if isinstance(recipe, dict) else ['(not an object)']
+            if method not in RECIPES or unknown:
+                raise SystemExit(f'--recipes {args.recipes}: {method!r} {unknown or ""}: methods are {list(RECIPES)}, '
+                                 f'fields are train_pretrain.py options (PretrainConfig)')
+        recipes.update(given)
     recipes = {m: recipes[m] for m in args.methods}
     torch.set_num_threads(args.threads)
     rows_dir, work = os.path.join(RESULTS, args.tag), os.path.join('output', 'race', args.tag)

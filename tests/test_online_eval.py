@@ -123,7 +123,8 @@ def test_eval_seed_draws_the_same_subsets_for_runs_of_other_seeds(fashion_mnist_
                                    '--workers', '0', *flags])
         return OnlineEvaluator(cfg, torch.device('cpu'))
 
-    seed0, seed1, fixed = evaluator('--seed', '0'), evaluator('--seed', '1'), evaluator('--seed', '1', '--eval-seed', '0')
+    seed0, seed1 = evaluator('--seed', '0'), evaluator('--seed', '1')
+    fixed = evaluator('--seed', '1', '--eval-seed', '0')
     for split in ('bank', 'queries'):
         a, b, c = (getattr(e, split).dataset.indices for e in (seed0, seed1, fixed))
         assert list(a) != list(b) and list(a) == list(c)

@@ -93,7 +93,7 @@ class PretrainConfig:
     eval_train_samples: int = 5000  # the kNN bank: a seeded subset of the TRAIN split, eval transform
     eval_test_samples: int = 2000  # the queries: a seeded subset of the TEST split
     eval_lbfgs: bool = False  # also the converged L-BFGS logistic readout, fitted on the bank, scored on the queries
-    # seed that draws the bank and the queries; None = --seed. Fix it to score runs of different seeds on the same images
+    # seed that draws the bank and the queries; None = --seed. Fix it to score runs of several seeds on the same images
     eval_seed: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:

@@ -8,8 +8,8 @@ What is measured is `eval_linear.py`'s own protocol, by its own functions, on sm
     kNN      cosine, k = 20, T = 0.07, votes exp(cos / T) (`linear_probe.knn_scores`, LinearProbeConfig's k and T);
     readout  multinomial logistic regression fitted by L-BFGS to convergence (`converged_probe.readout_top1`).
 The subsets are drawn once from `--eval-seed` (default `--seed`), so every evaluation of a run (and of runs with the
-same evaluation seed) scores the same images, and the numbers of a finished run are comparable to `eval_linear.py --max-train-samples N
---max-eval-samples M` of its encoder.
+same evaluation seed) scores the same images, and the numbers of a finished run are comparable to
+`eval_linear.py --max-train-samples N --max-eval-samples M` of its encoder.
 
 It runs on the primary process, in eval mode, under `torch.no_grad` and inside `torch.random.fork_rng`, so the
 training run draws exactly the same random numbers (and ends with the same weights) with evaluation on or off.
