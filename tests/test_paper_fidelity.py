@@ -153,6 +153,28 @@ def test_skip_memory_flag_reaches_the_model_and_its_checkpoint_kwargs():
     assert _model_kwargs(build_pretrain_model(default), default)['skip_memory'] == 'level_norm'
 
 
+@pytest.mark.parametrize('name', WRAPPERS)
+def test_decoder_size_flags_reach_either_objective_and_its_checkpoint_kwargs(name):
+    cfg = parse_pretrain_args(['--model', name, '--decoder-embed-dim', '96', '--decoder-depth', '3',
+                               '--decoder-num-heads', '3'])
+    model = build_pretrain_model(cfg)
+    assert len(model.decoder.blocks) == 3 and model.decoder.norm.normalized_shape == (96,)
+    block = model.decoder.blocks[0]
+    assert (block.self_attn if hasattr(block, 'self_attn') else block.attn).num_heads == 3
+    # what a checkpoint / full-model export stores rebuilds the same decoder
+    rebuilt = timm.create_model(name, **_model_kwargs(model, cfg))
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    default = parse_pretrain_args(['--model', name])
+    assert len(build_pretrain_model(default).decoder.blocks) == 2  # unset: the wrapper's own size
+
+
+def test_decoder_width_not_divisible_by_heads_is_refused_before_any_work():
+    from randsac_timm.train.config import check_pretrain_config
+
+    with pytest.raises(ValueError, match='--decoder-embed-dim 66 is not divisible by --decoder-num-heads 4'):
+        check_pretrain_config(parse_pretrain_args(['--decoder-embed-dim', '66']))
+
+
 # ------------------------------------------------------------------------------------------------- presets
 
 @pytest.mark.parametrize('preset', ['fmnist_micro_cpu', 'fmnist_micro_cpu_bench', 'fmnist_vit_tiny'])

@@ -44,6 +44,11 @@ class PretrainConfig:
     attn_block_size: Optional[int] = None  # query block of 'sparse' / 'flex' (default 32 / 128)
     mask_ratio: float = 0.75  # MAE models (mae_pretrain_*) only; they ignore segments / decoder / skip options
     drop_path: float = 0.0
+    # decoder size, for RandSAC and MAE alike; None = the wrapper's (models/pretrain_wrapper.py PRETRAIN_ARGS, which
+    # gives both objectives the same decoder)
+    decoder_embed_dim: Optional[int] = None
+    decoder_depth: Optional[int] = None
+    decoder_num_heads: Optional[int] = None
     # data
     dataset: str = 'fashion_mnist'
     data_dir: Optional[str] = None
@@ -230,6 +235,7 @@ _PRETRAIN_RANGES: Dict[str, Tuple[float, bool]] = {
     'blr': (0, False), 'lr': (0, False), 'clip_grad': (0, False), 'min_lr': (0, True), 'warmup_epochs': (0, True),
     'weight_decay': (0, True), 'drop_path': (0, True), 'eval_every': (0, True), 'eval_every_minutes': (0, True),
     'eval_train_samples': (1, True), 'eval_test_samples': (1, True),
+    'decoder_embed_dim': (1, True), 'decoder_depth': (1, True), 'decoder_num_heads': (1, True),
 }
 
 
@@ -253,6 +259,15 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     if not timm.is_model(cfg.model) or not cfg.model.startswith(('randsac_pretrain', 'mae_pretrain')):
         names = timm.list_models('randsac_pretrain*') + timm.list_models('mae_pretrain*')
         raise ValueError(f'--model {cfg.model!r} is not a registered pretraining model; accepted: {", ".join(names)}')
+    if cfg.decoder_embed_dim is not None or cfg.decoder_num_heads is not None:
+        from randsac_timm.models.pretrain_wrapper import PRETRAIN_ARGS
+
+        default = PRETRAIN_ARGS.get('randsac_' + cfg.model.split('_pretrain_', 1)[1], {})
+        dim = cfg.decoder_embed_dim or default.get('decoder_embed_dim')
+        heads = cfg.decoder_num_heads or default.get('decoder_num_heads')
+        if dim and heads and dim % heads:
+            raise ValueError(f'--decoder-embed-dim {dim} is not divisible by --decoder-num-heads {heads}: give a width '
+                             f'that is a multiple of the head count (or set --decoder-num-heads)')
 
 
 def run_cli(prog: str, main: Callable[[], Any], user_errors: Tuple[Type[BaseException], ...] = ()) -> int:
