@@ -20,10 +20,11 @@ so both see the same machine.
 
 Time to a threshold is the training CPU-minutes at the first evaluation at or above it (so it is an upper bound,
 within one evaluation interval). Thresholds: `--thresholds` (default 75, 80 and 84.6, raw pixels' LARS probe on the
-full split) and the raw pixels' own kNN and L-BFGS scores on the same subsets (`pixels.json`).
+full split) and the raw pixels' own kNN and L-BFGS scores on the same subsets and the same input size as the run
+(`pixels-<img_size>.json`: a recipe with the native 28x28 input is held to the 28x28 pixels, a padded one to 32x32).
 
 Outputs: `benchmarks/results/<tag>/<method>-seed<N>.json` per finished run (resumable run by run; an unfinished run
-resumes from its checkpoint), `calibration.json`, `pixels.json`, then `benchmarks/results/<tag>.md` (table),
+resumes from its checkpoint), `calibration.json`, `pixels-<img_size>.json`, then `benchmarks/results/<tag>.md` (table),
 `<tag>.json` and `<tag>.png` (accuracy against CPU-minutes, both methods, every seed). Runs live in
 `output/race/<tag>/` (not committed).
 """
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,9 +79,11 @@ def calibrate(args, recipes, rows_dir: str, work: str) -> Dict[str, Any]:
     done = _read(path) or {}
     for method in recipes:
         key = f'{method}@{torch.get_num_threads()}threads'
-        if key in done:
-            continue
+        recipe = json.loads(json.dumps(recipes[method]))  # as the file keeps it (tuples become lists)
+        if key in done and done[key].get('recipe') == recipe:
+            continue  # a changed recipe (input size, decoder, batch) has another CPU cost per step: measure again
         out = os.path.join(work, f'calibrate-{method}')
+        shutil.rmtree(out, ignore_errors=True)  # its log must hold this calibration's steps only
         values = dict(_values(args, method, recipes, 0, out), max_steps=args.calibration_steps, log_every=1,
                       auto_resume=False, save_every=0)
         result = _train(values)
@@ -87,15 +91,17 @@ def calibrate(args, recipes, rows_dir: str, work: str) -> Dict[str, Any]:
             train = [r for r in map(json.loads, f) if r['event'] == 'train']
         first, last = train[2], train[-1]  # the first steps warm up allocators and caches
         done[key] = dict(cpu_s_per_step=(last['cpu_time_s'] - first['cpu_time_s']) / (last['step'] - first['step']),
-                         steps=last['step'] - first['step'], threads=torch.get_num_threads())
+                         steps=last['step'] - first['step'], threads=torch.get_num_threads(),
+                         recipe=recipe)
         print(f'calibration {method}: {done[key]["cpu_s_per_step"]:.2f} CPU-s per step', flush=True)
         _write_row(path, done)
     return done
 
 
-def pixel_floor(args, rows_dir: str) -> Dict[str, float]:
-    """Raw pixels' kNN and L-BFGS top-1 on the online evaluation's subsets (the same images and transform)."""
-    path = os.path.join(rows_dir, 'pixels.json')
+def pixel_floor(args, rows_dir: str, values: Dict[str, Any]) -> Dict[str, float]:
+    """Raw pixels' kNN and L-BFGS top-1 on the online evaluation's subsets, as a run with these `values` sees them
+    (the same images, and the same transform: padded 32x32 and native 28x28 inputs each get their own floor)."""
+    path = os.path.join(rows_dir, f'pixels-{values["img_size"]}.json')
     done = _read(path)
     if done:
         return done
@@ -103,16 +109,25 @@ def pixel_floor(args, rows_dir: str) -> Dict[str, float]:
     from randsac_timm.eval.linear_probe import knn_scores, topk_accuracy
     from randsac_timm.train.online_eval import KNN_K, KNN_T, OnlineEvaluator
 
-    cfg = make_config(PretrainConfig, _values(args, 'RandSAC', RECIPES, 0, 'unused'))
-    evaluator = OnlineEvaluator(cfg, torch.device('cpu'))
+    evaluator = OnlineEvaluator(make_config(PretrainConfig, values), torch.device('cpu'))
     (bank, bank_labels), (queries, query_labels) = [
         [torch.cat(t) for t in zip(*[(x.flatten(1), y) for x, y in split.batches()])]
         for split in (evaluator.bank, evaluator.queries)]
     knn = topk_accuracy(knn_scores(bank, bank_labels, queries, evaluator.num_classes, KNN_K, KNN_T), query_labels)[1]
     lbfgs = readout_top1(bank, bank_labels, queries, query_labels, evaluator.num_classes)[0]
-    record = dict(knn_top1=knn, lbfgs_top1=lbfgs, bank=len(bank), queries=len(queries), seed=0)
+    record = dict(knn_top1=knn, lbfgs_top1=lbfgs, bank=len(bank), queries=len(queries), seed=0,
+                  img_size=values['img_size'])
     _write_row(path, record)
     return record
+
+
+def pixel_floors(args, recipes: Dict[str, Dict[str, Any]], rows_dir: str) -> Dict[int, Dict[str, float]]:
+    """The pixel floor of every input size the methods' recipes use, keyed by image size."""
+    floors = {}
+    for method in recipes:
+        values = _values(args, method, recipes, 0, 'unused')
+        floors.setdefault(values['img_size'], pixel_floor(args, rows_dir, values))
+    return floors
 
 
 def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, calibration) -> Dict[str, Any]:
@@ -165,50 +180,61 @@ def write_table(args, rows_dir: str, tag: str, argv: List[str]) -> None:
     if not runs:
         print('no finished runs yet')
         return
-    pixels = _read(os.path.join(rows_dir, 'pixels.json')) or {}
+    floors = {}  # image size -> raw pixels on the same subsets, same input
+    for name in sorted(os.listdir(rows_dir)):
+        if name.startswith('pixels-'):
+            floor = _read(os.path.join(rows_dir, name))
+            floors[floor['img_size']] = floor
     thresholds = [('kNN', 'knn_top1', t) for t in args.thresholds] + [('linear', 'lbfgs_top1', t)
                                                                      for t in args.thresholds]
-    if pixels:
-        thresholds += [('kNN', 'knn_top1', pixels['knn_top1']), ('linear', 'lbfgs_top1', pixels['lbfgs_top1'])]
     methods = [m for m in RECIPES if any(r['method'] == m for r in runs)]
-    header = ['method', 'seeds', 'CPU-min used', 'epochs'] + [f'{kind} ≥ {t:.1f}' for kind, _, t in thresholds] + [
-        'final kNN', 'final linear', 'images / CPU-s']
+    header = ['method', 'input', 'seeds', 'CPU-min used', 'epochs'] + [
+        f'{kind} ≥ {t:.1f}' for kind, _, t in thresholds] + ['kNN ≥ pixels', 'linear ≥ pixels', 'final kNN',
+                                                             'final linear', 'images / CPU-s']
+    floor_text = '; '.join(f'{size}x{size} input: kNN {f["knn_top1"]:.1f}, linear {f["lbfgs_top1"]:.1f}'
+                           for size, f in sorted(floors.items())) or 'not measured'
     lines = [f'Fashion-MNIST, `randsac_vit_micro_patch4_32`, budget {args.budget_cpu_min} CPU-min per run '
              f'({runs[0]["threads"]} thread(s) per process), fp32. Cells: training CPU-minutes to the first '
              f'evaluation at or above the accuracy (mean ± std over seeds; "never" = not within the budget). kNN '
              f'(k=20, T=0.07) and linear (converged L-BFGS readout) on fixed subsets: bank '
-             f'{args.eval_train_samples} train images, queries {args.eval_test_samples} test images. Raw pixels on the '
-             f'same subsets: kNN {pixels.get("knn_top1", float("nan")):.1f}, linear '
-             f'{pixels.get("lbfgs_top1", float("nan")):.1f}. Command: '
+             f'{args.eval_train_samples} train images, queries {args.eval_test_samples} test images. "≥ pixels" = '
+             f'raw pixels on the same subsets and the same input as that run ({floor_text}). Command: '
              f'`python benchmarks/race.py {" ".join(shlex.quote(a) for a in argv)}`.', '',
              '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     summary = []
     for method in methods:
         rs = [r for r in runs if r['method'] == method]
-        cells = [method, ', '.join(str(r['seed']) for r in rs), _stats([r['train_cpu_min'] for r in rs]),
+        size = rs[0]['config']['img_size']
+        floor = floors.get(size, {})
+        cells = [method, f'{size}x{size}', ', '.join(str(r['seed']) for r in rs),
+                 _stats([r['train_cpu_min'] for r in rs]),
                  ', '.join(str(r['epochs']) for r in rs)]
         reached = {}
         for kind, key, t in thresholds:
             times = [time_to(r['eval_cpu_min'], r[key], t) for r in rs]
             reached[f'{kind}>={t:.1f}'] = times
             cells.append(_stats(times))
+        for kind, key in (('kNN', 'knn_top1'), ('linear', 'lbfgs_top1')):
+            times = [time_to(r['eval_cpu_min'], r[key], floor[key]) for r in rs] if key in floor else []
+            reached[f'{kind}>=pixels'] = times
+            cells.append(_stats(times))
         images_per_cpu_s = [r['steps'] * r['config']['batch_size'] / (r['train_cpu_min'] * 60) for r in rs]
         cells += [_stats([r['knn_top1'][-1] for r in rs]), _stats([r['lbfgs_top1'][-1] for r in rs]),
                   _stats(images_per_cpu_s)]
         lines.append('| ' + ' | '.join(cells) + ' |')
-        summary.append(dict(method=method, seeds=[r['seed'] for r in rs], cpu_min_to=reached,
+        summary.append(dict(method=method, img_size=size, seeds=[r['seed'] for r in rs], cpu_min_to=reached,
                             final_knn=[r['knn_top1'][-1] for r in rs], final_lbfgs=[r['lbfgs_top1'][-1] for r in rs],
                             images_per_cpu_s=images_per_cpu_s))
     with open(os.path.join(RESULTS, f'{tag}.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     with open(os.path.join(RESULTS, f'{tag}.json'), 'w') as f:
-        json.dump(dict(tag=tag, args={k: v for k, v in vars(args).items()}, pixels=pixels, methods=summary), f,
+        json.dump(dict(tag=tag, args={k: v for k, v in vars(args).items()}, pixels=floors, methods=summary), f,
                   indent=2)
-    _plot(runs, pixels, os.path.join(RESULTS, f'{tag}.png'))
+    _plot(runs, floors, os.path.join(RESULTS, f'{tag}.png'))
     print('\n'.join(lines))
 
 
-def _plot(runs: List[Dict[str, Any]], pixels: Dict[str, float], png: str) -> None:
+def _plot(runs: List[Dict[str, Any]], floors: Dict[int, Dict[str, float]], png: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -220,8 +246,9 @@ def _plot(runs: List[Dict[str, Any]], pixels: Dict[str, float], png: str) -> Non
         for r in runs:
             ax.plot(r['eval_cpu_min'], r[key], 'o-' if r['seed'] == 0 else 's--', color=colors[r['method']],
                     label=f'{r["method"]} seed {r["seed"]}')
-        if key in pixels:
-            ax.axhline(pixels[key], color='gray', linestyle=':', label='raw pixels, same subsets')
+        for i, (size, floor) in enumerate(sorted(floors.items())):
+            ax.axhline(floor[key], color='gray', linestyle=(':', '-.')[i % 2],
+                       label=f'raw pixels, same subsets, {size}x{size}')
         ax.set_xlabel('training CPU-minutes (evaluation left out)')
         ax.set_ylabel(f'{name} on the test subset (%)')
         ax.grid(alpha=0.3)
@@ -283,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     if not args.table_only:
         calibrate(args, recipes, rows_dir, work)
-        pixel_floor(args, rows_dir)
+        pixel_floors(args, recipes, rows_dir)
         todo = [(m, s) for s in range(args.seeds) for m in recipes  # a seed's methods side by side
                 if not os.path.exists(os.path.join(rows_dir, f'{m}-seed{s}.json'))]
         running: List[subprocess.Popen] = []
