@@ -140,17 +140,17 @@ def run_time(records: List[Dict[str, Any]]) -> Tuple[float, float, bool]:
     return wall, cpu, complete
 
 
-def _initial_encoder(seed: int, out_dir: str) -> str:
+def _initial_encoder(seed: int, out_dir: str, img_size: int = 32) -> str:
     """The encoder every pretraining row starts from (the wrapper's xavier init, this seed), as a file to probe."""
     import timm
 
     from randsac_timm.train.checkpoint import export_encoder
 
     torch.manual_seed(seed)
-    model = timm.create_model(RANDSAC, in_chans=1)
+    model = timm.create_model(RANDSAC, in_chans=1, img_size=img_size)
     path = os.path.join(out_dir, 'encoder-init.safetensors')
     os.makedirs(out_dir, exist_ok=True)
-    export_encoder(model.encoder, path, ENCODER, dict(img_size=32, in_chans=1))
+    export_encoder(model.encoder, path, ENCODER, dict(img_size=img_size, in_chans=1))
     return path
 
 

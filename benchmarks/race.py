@@ -73,9 +73,8 @@ def _train(values: Dict[str, Any]):
     return train(make_config(PretrainConfig, values))
 
 
-def calibrate(args, recipes, rows_dir: str, work: str) -> Dict[str, Any]:
-    """Each method's CPU-s per optimizer step (steps 3.. of a short run at this thread count), kept in a file."""
-    path = os.path.join(rows_dir, 'calibration.json')
+def calibrate(args, recipes, path: str, work: str) -> Dict[str, Any]:
+    """Each method's CPU-s per optimizer step (steps 3.. of a short run at this thread count), kept in `path`."""
     done = _read(path) or {}
     for method in recipes:
         key = f'{method}@{torch.get_num_threads()}threads'
@@ -304,12 +303,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     rows_dir, work = os.path.join(RESULTS, args.tag), os.path.join('output', 'race', args.tag)
     os.makedirs(rows_dir, exist_ok=True)
+    calibration = os.path.join(rows_dir, 'calibration.json')
     if args.worker:
         method, seed = args.worker[0], int(args.worker[1])
-        run_one(args, recipes, method, seed, rows_dir, work, calibrate(args, recipes, rows_dir, work))
+        run_one(args, recipes, method, seed, rows_dir, work, calibrate(args, recipes, calibration, work))
         return
     if not args.table_only:
-        calibrate(args, recipes, rows_dir, work)
+        calibrate(args, recipes, calibration, work)
         pixel_floors(args, recipes, rows_dir)
         todo = [(m, s) for s in range(args.seeds) for m in recipes  # a seed's methods side by side
                 if not os.path.exists(os.path.join(rows_dir, f'{m}-seed{s}.json'))]

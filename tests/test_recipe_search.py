@@ -1,0 +1,50 @@
+"""The recipe search's fairness and its combining rule (benchmarks/recipe_search.py), without training anything."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import recipe_search  # noqa: E402
+from recipe_search import COMBINED, RECIPES, SCORE, check_equal_trials, combine, trials  # noqa: E402
+
+
+def test_both_methods_get_as_many_trials_and_the_same_shared_knob_values():
+    check_equal_trials()
+    randsac, mae = trials('RandSAC'), trials('MAE')
+    assert len(randsac) == len(mae)
+    shared = {name for name, _, _ in recipe_search.SHARED_TRIALS}
+    assert [t['overrides'] for t in randsac if t['name'] in shared] == [t['overrides'] for t in mae
+                                                                        if t['name'] in shared]
+    # the base is each method's fair setting: the same target for both
+    assert trials('RandSAC')[0]['recipe']['norm_pix_loss'] == trials('MAE')[0]['recipe']['norm_pix_loss']
+
+
+def test_unequal_trial_counts_are_refused(monkeypatch):
+    monkeypatch.setitem(recipe_search.OWN_TRIALS, 'MAE', recipe_search.OWN_TRIALS['MAE'][:-1])
+    with pytest.raises(AssertionError, match='unequal trial counts'):
+        check_equal_trials()
+
+
+def _scores(method, **given):
+    """Every single-knob trial of `method` finished at 80.0, except the named ones."""
+    return {t['name']: {SCORE: given.get(t['name'], 80.0)} for t in trials(method)}
+
+
+def test_combine_waits_for_every_single_knob_trial():
+    done = _scores('MAE', **{'input 28x28': 81.0})
+    del done['mask 0.9']
+    assert combine('MAE', done) is None
+
+
+def test_combine_takes_the_best_value_of_each_knob_that_beat_the_base():
+    done = _scores('RandSAC', **{'input 28x28': 81.0, 'blr 0.75e-3': 80.5, 'blr 3e-3': 81.5,
+                                 'batch 64': 79.0, 'skip memory paper': 80.0})  # a tie with the base is no gain
+    trial = combine('RandSAC', done)
+    assert trial['name'] == COMBINED
+    assert trial['overrides'] == dict(img_size=28, blr=3e-3)
+    assert trial['recipe'] == dict(RECIPES['RandSAC'], img_size=28, blr=3e-3)
+
+
+def test_combine_is_skipped_when_nothing_beat_the_base():
+    assert combine('MAE', _scores('MAE')) is None
