@@ -376,4 +376,6 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
 
 
 if __name__ == '__main__':
-    main()
+    from randsac_timm.train.config import run_cli
+
+    sys.exit(run_cli('ablation_grid.py', main))  # a missing data set or bad value: one line, exit 2

@@ -256,6 +256,17 @@ def _plot(runs: List[Dict[str, Any]], floors: Dict[int, Dict[str, float]], png: 
     atomic_write(png, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
 
 
+def add_runner_args(parser: argparse.ArgumentParser, tag: str, unit: str) -> None:
+    """The options of a calibrated, parallel, resumable CPU runner (this race, the recipe search)."""
+    parser.add_argument('--calibration-steps', type=int, default=12)
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads per run')
+    parser.add_argument('--parallel', type=int, default=2, help='runs at once')
+    parser.add_argument('--data-dir', default=None)
+    parser.add_argument('--tag', default=tag)
+    parser.add_argument('--table-only', action='store_true')
+    parser.add_argument('--worker', nargs=2, metavar=('METHOD', unit), help=argparse.SUPPRESS)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--budget-cpu-min', type=float, default=60.0, help='training CPU-minutes per run')
@@ -270,13 +281,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--eval-train-samples', type=int, default=5000)
     parser.add_argument('--eval-test-samples', type=int, default=2000)
     parser.add_argument('--thresholds', type=float, nargs='+', default=[75.0, 80.0, 84.6])
-    parser.add_argument('--calibration-steps', type=int, default=12)
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads per run')
-    parser.add_argument('--parallel', type=int, default=2, help='runs at once')
-    parser.add_argument('--data-dir', default=None)
-    parser.add_argument('--tag', default='race')
-    parser.add_argument('--table-only', action='store_true')
-    parser.add_argument('--worker', nargs=2, metavar=('METHOD', 'SEED'), help=argparse.SUPPRESS)
+    add_runner_args(parser, 'race', 'SEED')
     args = parser.parse_args(argv)
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != '--table-only']
     for name in ('budget_cpu_min', 'evals', 'threads', 'parallel', 'seeds', 'calibration_steps'):
@@ -341,4 +346,6 @@ def _reap(running: List[subprocess.Popen], failed: List[str]) -> List[subprocess
 
 
 if __name__ == '__main__':
-    main()
+    from randsac_timm.train.config import run_cli
+
+    sys.exit(run_cli('race.py', main))  # a missing data set or bad value: one line, exit 2

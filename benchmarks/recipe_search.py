@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the grid's row-file I/O and its probe (LARS fast, converged, per block, kNN), the race's budget machinery
 from ablation_grid import PROBE_KEYS, _initial_encoder, _probe, _read, _slug, _write_row, run_time  # noqa: E402
-from race import RECIPES, _reap, _train, _values, calibrate  # noqa: E402
+from race import RECIPES, _reap, _train, _values, add_runner_args, calibrate  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
@@ -229,13 +229,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--probe-train-samples', type=int, default=None, help='probe training images (default: all)')
     parser.add_argument('--probe-epochs', type=int, default=90, help='LARS head epochs on cached features')
-    parser.add_argument('--calibration-steps', type=int, default=12)
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads per trial')
-    parser.add_argument('--parallel', type=int, default=2, help='trials at once')
-    parser.add_argument('--data-dir', default=None)
-    parser.add_argument('--tag', default='recipe_search')
-    parser.add_argument('--table-only', action='store_true')
-    parser.add_argument('--worker', nargs=2, metavar=('METHOD', 'TRIAL'), help=argparse.SUPPRESS)
+    add_runner_args(parser, 'recipe_search', 'TRIAL')
     args = parser.parse_args(argv)
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != '--table-only']
     for name in ('budget_cpu_min', 'threads', 'parallel', 'train_samples', 'probe_epochs'):
@@ -284,4 +278,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    from randsac_timm.train.config import run_cli
+
+    sys.exit(run_cli('recipe_search.py', main))  # a missing data set or bad value: one line, exit 2
