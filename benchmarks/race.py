@@ -129,6 +129,16 @@ def pixel_floors(args, recipes: Dict[str, Dict[str, Any]], rows_dir: str) -> Dic
     return floors
 
 
+def read_floors(rows_dir: str) -> Dict[int, Dict[str, Any]]:
+    """The `pixels-<img_size>.json` floors measured so far in `rows_dir`, keyed by image size."""
+    floors = {}
+    for name in sorted(os.listdir(rows_dir)) if os.path.isdir(rows_dir) else []:
+        if name.startswith('pixels-'):
+            floor = _read(os.path.join(rows_dir, name))
+            floors[floor['img_size']] = floor
+    return floors
+
+
 def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, calibration) -> Dict[str, Any]:
     """Pretrain `method` for the CPU budget with online evaluation; its curve and times as the run's row file."""
     rate = calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
@@ -179,11 +189,7 @@ def write_table(args, rows_dir: str, tag: str, argv: List[str]) -> None:
     if not runs:
         print('no finished runs yet')
         return
-    floors = {}  # image size -> raw pixels on the same subsets, same input
-    for name in sorted(os.listdir(rows_dir)):
-        if name.startswith('pixels-'):
-            floor = _read(os.path.join(rows_dir, name))
-            floors[floor['img_size']] = floor
+    floors = read_floors(rows_dir)  # image size -> raw pixels on the same subsets, same input
     thresholds = [('kNN', 'knn_top1', t) for t in args.thresholds] + [('linear', 'lbfgs_top1', t)
                                                                      for t in args.thresholds]
     methods = [m for m in RECIPES if any(r['method'] == m for r in runs)]

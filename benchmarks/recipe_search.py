@@ -38,8 +38,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the grid's row-file I/O and its probe (LARS fast, converged, per block, kNN), the race's budget machinery
-from ablation_grid import PROBE_KEYS, _initial_encoder, _probe, _read, _slug, _write_row, run_time  # noqa: E402
-from race import RECIPES, _reap, _train, _values, add_runner_args, calibrate  # noqa: E402
+from ablation_grid import (  # noqa: E402
+    PROBE_KEYS, _fmt, _initial_encoder, _probe, _read, _slug, _write_row, run_time)
+from race import RECIPES, _reap, _train, _values, add_runner_args, calibrate, read_floors  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
@@ -166,16 +167,8 @@ def pixel_floors(args, rows_dir: str, work: str) -> Dict[int, Dict[str, Any]]:
     return floors
 
 
-def _fmt(value: Optional[float]) -> str:
-    return '-' if value is None else f'{value:.2f}'
-
-
 def write_table(args, rows_dir: str, argv: List[str]) -> None:
-    floors = {}
-    for name in sorted(os.listdir(rows_dir)) if os.path.isdir(rows_dir) else []:
-        if name.startswith('pixels-'):
-            record = _read(os.path.join(rows_dir, name))
-            floors[record['img_size']] = record
+    floors = read_floors(rows_dir)
     header = ['method', 'trial', 'knob', 'epochs', 'pretrain CPU-min', 'LARS top-1', 'converged top-1',
               'Δ converged vs base', 'kNN top-1', 'per-block converged']
     lines = [f'Recipe search, Fashion-MNIST, `randsac_vit_micro_patch4_32`, {args.budget_cpu_min} training '

@@ -108,27 +108,22 @@ def _objective_kwargs(cfg: PretrainConfig) -> Dict[str, Any]:
     return kwargs
 
 
-def _decoder_size_kwargs(cfg: PretrainConfig) -> Dict[str, Any]:
-    """The decoder sizes the run sets (both objectives take them); unset ones stay the wrapper's."""
-    names = ('decoder_embed_dim', 'decoder_depth', 'decoder_num_heads')
-    return {name: getattr(cfg, name) for name in names if getattr(cfg, name) is not None}
+def _factory_kwargs(cfg: PretrainConfig, in_chans: int) -> Dict[str, Any]:
+    """The wrapper factory's kwargs for this run: input, target, drop path, objective options, decoder sizes."""
+    names = ('decoder_embed_dim', 'decoder_depth', 'decoder_num_heads')  # unset ones stay the wrapper's
+    decoder_sizes = {name: getattr(cfg, name) for name in names if getattr(cfg, name) is not None}
+    return dict(img_size=cfg.img_size, in_chans=in_chans, norm_pix=cfg.norm_pix_loss, drop_path_rate=cfg.drop_path,
+                **_objective_kwargs(cfg), **decoder_sizes)
 
 
 def build_pretrain_model(cfg: PretrainConfig) -> torch.nn.Module:
     """The pretraining wrapper named by `cfg.model`, with the run's objective options."""
-    kwargs: Dict[str, Any] = dict(
-        img_size=cfg.img_size, in_chans=dataset_in_chans(cfg.dataset), norm_pix=cfg.norm_pix_loss,
-        drop_path_rate=cfg.drop_path, **_objective_kwargs(cfg), **_decoder_size_kwargs(cfg),
-    )
-    return timm.create_model(cfg.model, **kwargs)
+    return timm.create_model(cfg.model, **_factory_kwargs(cfg, dataset_in_chans(cfg.dataset)))
 
 
 def _model_kwargs(model: torch.nn.Module, cfg: PretrainConfig) -> Dict[str, Any]:
     """Factory kwargs that rebuild this exact wrapper (segments resolved to the model's default if unset)."""
-    kwargs = dict(
-        img_size=cfg.img_size, in_chans=model.in_chans, norm_pix=cfg.norm_pix_loss,
-        drop_path_rate=cfg.drop_path, **_objective_kwargs(cfg), **_decoder_size_kwargs(cfg),
-    )
+    kwargs = _factory_kwargs(cfg, model.in_chans)
     if 'mask_ratio' not in kwargs:
         kwargs['segments'] = str(model.segments)
     if getattr(model, 'decoder_kind', None) == 'skip':  # resolved, so a later change of the default cannot break it
