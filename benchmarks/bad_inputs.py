@@ -29,6 +29,7 @@ CASES = [
     ('negative online-evaluation interval', 'train_pretrain', ['--eval-every', '-1']),
     ('truncated checkpoint for --resume', 'train_pretrain', ['--resume', 'TMP/truncated.pth']),
     ('missing image folder', 'train_pretrain', ['--dataset', 'imagefolder', '--data-dir', 'TMP/no_images']),
+    ('mistyped Fashion-MNIST folder', 'train_pretrain', ['--data-dir', 'TMP/no_fmnist']),
     ('batch size 0', 'train_pretrain', ['--batch-size', '0']),
     ('negative epochs', 'train_pretrain', ['--epochs', '-1']),
     ('NaN learning rate', 'train_pretrain', ['--blr', 'nan']),

@@ -72,6 +72,8 @@ PRETRAIN_CASES = {
     'blr nan': (['--blr', 'nan'], ['--blr nan', '> 0']),
     'img size 30 patch 4': (['--img-size', '30'], ['30', 'multiple of the patch size']),
     'missing image folder': (['--dataset', 'imagefolder', '--data-dir', '{root}/no_images'], ['no_images']),
+    # the installed Debian copy exists on this machine: a mistyped folder must still stop the run, not fall back
+    'mistyped fashion-mnist folder': (['--data-dir', '{root}/no_fmnist'], ['no_fmnist', 'drop --data-dir']),
     'truncated --resume': (['--resume', '{root}/truncated.pth'], ['truncated.pth', 'corrupt or truncated']),
 }
 

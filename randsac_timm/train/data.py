@@ -54,7 +54,7 @@ __all__ = [
     "set_loader_epoch",
 ]
 
-# Searched after an explicit ``data_dir`` (tests monkeypatch this to hide the installed copy).
+# Searched when no ``data_dir`` is given (tests monkeypatch this to hide the installed copy).
 DEFAULT_FASHION_MNIST_DIRS: Tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
 
 _FMNIST_FILES = {
@@ -184,8 +184,9 @@ def _read_idx(path: str, magic: int) -> np.ndarray:
 class FashionMNIST(Dataset):
     """Fashion-MNIST read from its idx files; items are ``(PIL image mode 'L', int label)``.
 
-    Searched, in order: ``root``, ``root/FashionMNIST/raw`` (torchvision layout), then
-    ``DEFAULT_FASHION_MNIST_DIRS``. ``train`` picks the official 60k train / 10k test split.
+    Searched: ``root`` and ``root/FashionMNIST/raw`` (torchvision layout) when ``root`` is given, else
+    ``DEFAULT_FASHION_MNIST_DIRS``. An explicit ``root`` never falls back to the installed copy, so a mistyped
+    ``--data-dir`` stops the run instead of silently training on other files. ``train`` picks the official 60k train / 10k test split.
     ``data``: (N, 28, 28) uint8 tensor, ``targets``: (N,) int64 tensor.
     """
 
@@ -222,17 +223,21 @@ class FashionMNIST(Dataset):
         if download:
             self._download(root)
             return
+        installed = [d for d in DEFAULT_FASHION_MNIST_DIRS if _find_idx_file(d, images_stem)]
+        fix = (
+            f"pass --data-dir DIR holding them, or drop --data-dir to use the installed copy in {installed[0]}"
+            if root and installed
+            else "install them with `apt-get install -y dataset-fashion-mnist` (files land in "
+            "/usr/share/datasets/fashion-mnist) or pass --data-dir DIR holding the idx files"
+        )
         raise FileNotFoundError(
             f"Fashion-MNIST {'train' if train else 't10k'} idx files ({images_stem}[.gz], {labels_stem}[.gz]) not "
-            f"found in any of: {', '.join(searched) or '(nothing to search)'}. Install them with "
-            "`apt-get install -y dataset-fashion-mnist` (files land in /usr/share/datasets/fashion-mnist) "
-            "or pass --data-dir DIR holding the idx files."
+            f"found in any of: {', '.join(searched) or '(nothing to search)'}; {fix}."
         )
 
     @staticmethod
     def search_dirs(root: Optional[str]) -> List[str]:
-        dirs = [root, os.path.join(root, "FashionMNIST", "raw")] if root else []
-        return dirs + list(DEFAULT_FASHION_MNIST_DIRS)
+        return [root, os.path.join(root, "FashionMNIST", "raw")] if root else list(DEFAULT_FASHION_MNIST_DIRS)
 
     def _download(self, root: Optional[str]) -> None:
         from torchvision.datasets import FashionMNIST as TVFashionMNIST
