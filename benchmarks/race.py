@@ -8,8 +8,9 @@
 Each method pretrains `randsac_vit_micro_patch4_32` for the same CPU budget, with its own recipe (default: the
 ablation grid's fair settings, shared by both: xavier init, normalised-pixel target, AdamW betas (0.9, 0.999),
 blr 1.5e-3, batch 128, the full training split). The budget becomes each method's epoch count from its measured
-CPU-s per step (a short calibration run, same thread count), rounded to whole epochs, so each cosine schedule ends
-near the budget; every run reports the CPU time it actually used.
+CPU-s per step (a short calibration run, same thread count), as many optimizer steps as the budget buys, fractions of
+an epoch allowed (`budget_epochs`), so each cosine schedule ends at the budget; every run reports the CPU time it
+actually used.
 
 During training the online evaluation (`--eval-every`, with the converged L-BFGS readout) scores the encoder on
 fixed seeded subsets (bank: `--eval-train-samples` of the train split, queries: `--eval-test-samples` of the test
@@ -139,13 +140,20 @@ def read_floors(rows_dir: str) -> Dict[int, Dict[str, Any]]:
     return floors
 
 
+def budget_epochs(budget_cpu_min: float, cpu_s_per_step: float, steps_per_epoch: int) -> float:
+    """The epochs (a fraction allowed) whose optimizer steps spend `budget_cpu_min` training CPU-minutes at the
+    calibrated rate. Not rounded to whole epochs: at a budget of one or two epochs that rounding would give one
+    recipe up to half an epoch more than another."""
+    return max(1, round(budget_cpu_min * 60 / cpu_s_per_step)) / steps_per_epoch
+
+
 def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, calibration) -> Dict[str, Any]:
     """Pretrain `method` for the CPU budget with online evaluation; its curve and times as the run's row file."""
     rate = calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
     out = os.path.join(work, f'{method}-seed{seed}')
     values = _values(args, method, recipes, seed, out)
     steps_per_epoch = max(1, values['max_train_samples'] // values['batch_size'])
-    epochs = max(1, round(args.budget_cpu_min * 60 / rate / steps_per_epoch))
+    epochs = budget_epochs(args.budget_cpu_min, rate, steps_per_epoch)
     values.update(epochs=epochs, warmup_epochs=values.get('warmup_epochs') or epochs / 10,
                   eval_every=epochs / args.evals, eval_lbfgs=True)
     result = _train(values)
@@ -213,7 +221,7 @@ def write_table(args, rows_dir: str, tag: str, argv: List[str]) -> None:
         floor = floors.get(size, {})
         cells = [method, f'{size}x{size}', ', '.join(str(r['seed']) for r in rs),
                  _stats([r['train_cpu_min'] for r in rs]),
-                 ', '.join(str(r['epochs']) for r in rs)]
+                 ', '.join(f"{r['epochs']:.2f}" for r in rs)]
         reached = {}
         for kind, key, t in thresholds:
             times = [time_to(r['eval_cpu_min'], r[key], t) for r in rs]

@@ -9,8 +9,8 @@
 A one-round coordinate search, honestly bounded. Every trial changes ONE knob of the base recipe (the ablation
 grid's fair setting: `randsac_vit_micro_patch4_32`, xavier init, normalised-pixel target, AdamW betas (0.9, 0.999),
 blr 1.5e-3, batch 128, padded 32x32 input, crop scale 0.2-1), pretrains for `--budget-cpu-min` training
-CPU-minutes (epochs from each trial's own calibrated CPU-s per step, as in `race.py`, so a cheaper recipe gets more
-epochs) on a seeded `--train-samples` subset, then probes the encoder on the full official split: the paper's LARS
+CPU-minutes (steps from each trial's own calibrated CPU-s per step, as in `race.py`, so a cheaper recipe gets more
+epochs; fractions of an epoch allowed, since whole epochs would give a 1.4-epoch budget 1 epoch and a 1.8-epoch one 2) on a seeded `--train-samples` subset, then probes the encoder on the full official split: the paper's LARS
 probe (fast mode), the converged L-BFGS readout of the last block (the score that ranks trials) and of every
 block, and the weighted kNN. When a method's single-knob trials are done, one more trial combines, for every knob
 whose best value beat the base, that value (`combine`); its best trial is its recipe.
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the grid's row-file I/O and its probe (LARS fast, converged, per block, kNN), the race's budget machinery
 from ablation_grid import (  # noqa: E402
     PROBE_KEYS, _fmt, _initial_encoder, _probe, _read, _slug, _write_row, run_time)
-from race import RECIPES, _reap, _train, _values, add_runner_args, calibrate, read_floors  # noqa: E402
+from race import RECIPES, _reap, _train, _values, add_runner_args, budget_epochs, calibrate, read_floors  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
@@ -131,7 +131,7 @@ def run_trial(args, method: str, trial: Dict[str, Any], rows_dir: str, work: str
     out = os.path.join(work, key)
     values = _values(args, key, recipes, args.seed, out)
     steps_per_epoch = max(1, values['max_train_samples'] // values['batch_size'])
-    epochs = max(1, round(args.budget_cpu_min * 60 / rate / steps_per_epoch))
+    epochs = budget_epochs(args.budget_cpu_min, rate, steps_per_epoch)
     values.update(epochs=epochs, warmup_epochs=epochs / 10)
     result = _train(values)
     with open(result.log) as f:
@@ -172,7 +172,7 @@ def write_table(args, rows_dir: str, argv: List[str]) -> None:
     header = ['method', 'trial', 'knob', 'epochs', 'pretrain CPU-min', 'LARS top-1', 'converged top-1',
               'Δ converged vs base', 'kNN top-1', 'per-block converged']
     lines = [f'Recipe search, Fashion-MNIST, `randsac_vit_micro_patch4_32`, {args.budget_cpu_min} training '
-             f'CPU-min per trial (epochs from the calibrated CPU-s per step, whole epochs), {args.train_samples} '
+             f'CPU-min per trial (steps from the calibrated CPU-s per step), {args.train_samples} '
              f'pretraining images, seed {args.seed}, one thread per trial. Probes on the full official split: '
              f'LARS (fast), converged L-BFGS of the last block (ranks the trials), per block, kNN (k=20, T=0.07). '
              f'Command: `python benchmarks/recipe_search.py {" ".join(shlex.quote(a) for a in argv)}`.', '']
@@ -192,7 +192,7 @@ def write_table(args, rows_dir: str, argv: List[str]) -> None:
             delta = None if base is None else r[SCORE] - base
             blocks = ' '.join(f'{v:.1f}' for v in r['per_block_top1'] or [])
             cpu = r['pretrain_cpu_min']
-            lines.append(f'| {method} | {name} | {r["knob"] or "-"} | {r["epochs"]} | '
+            lines.append(f'| {method} | {name} | {r["knob"] or "-"} | {r["epochs"]:.2f} | '
                          f'{"-" if cpu is None else f"{cpu:.1f}"} | {_fmt(r["top1"])} | {_fmt(r[SCORE])} | '
                          f'{"-" if delta is None else f"{delta:+.2f}"} | {_fmt(r["knn_top1"])} | {blocks} |')
             everything['trials'].append(r)

@@ -68,7 +68,7 @@ PRETRAIN_CASES = {
     'yaml not a mapping': (['--config', '{root}/list.yaml'], ['list.yaml', 'expected a mapping']),
     'yaml number read as a string': (['--config', '{root}/string.yaml'], ["--blr '1e-4'", 'a number > 0']),
     'batch size 0': (['--batch-size', '0'], ['--batch-size 0', '>= 1']),
-    'epochs -1': (['--epochs', '-1'], ['--epochs -1', '>= 1']),
+    'epochs -1': (['--epochs', '-1'], ['--epochs -1', '> 0']),
     'blr nan': (['--blr', 'nan'], ['--blr nan', '> 0']),
     'img size 30 patch 4': (['--img-size', '30'], ['30', 'multiple of the patch size']),
     'missing image folder': (['--dataset', 'imagefolder', '--data-dir', '{root}/no_images'], ['no_images']),

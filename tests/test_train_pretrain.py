@@ -84,6 +84,23 @@ def test_epoch_records_and_lr_follow_warmup_then_cosine(tmp_path):
     assert [r['epoch'] for r in epochs] == [0, 1] and all(r['loss'] > 0 for r in epochs)
 
 
+
+
+def test_fractional_epochs_end_mid_epoch_with_the_whole_schedule_and_a_rerun_keeps_the_loss(tmp_path):
+    out = str(tmp_path / 'run')
+    # 8 steps per epoch, 1.5 epochs = 12 steps: the cosine reaches its end at step 12, inside the second epoch
+    argv = SHORT + ['--max-train-samples', '128', '--epochs', '1.5', '--warmup-epochs', '0.5', '--blr', '0.0256',
+                    '--min-lr', '0', '--log-every', '1', '--output-dir', out, '--vis-every', '0']
+    result = train(parse_pretrain_args(argv))
+    lrs = [r['lr'] for r in _records(out)]
+    peak = 0.0256 * 16 / 256
+    assert result.step == 12 and len(lrs) == 12
+    torch.testing.assert_close(torch.tensor(lrs[-1]), torch.tensor(peak * (1 + math.cos(math.pi * 7 / 8)) / 2))
+    assert [r['epoch'] for r in _records(out, 'epoch')] == [0]  # the second epoch did not run to its end
+    # the same command again resumes at the end: no step runs, and the loss reported is the one reached, not NaN
+    again = train(parse_pretrain_args(argv))
+    assert again.step == 12 and len(_records(out)) == 12
+    assert again.last_loss == result.last_loss == _records(out)[-1]['loss']
 def _command(out_dir, steps):
     return [sys.executable, 'train_pretrain.py', *SHORT, '--max-steps', str(steps), '--log-every', '1',
             '--save-every', '3', '--vis-every', '0', '--output-dir', out_dir]

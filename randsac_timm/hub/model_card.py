@@ -326,7 +326,7 @@ def _protocol(results: Dict[str, Any], name: Optional[str] = None) -> str:
     hyper = results.get('hyperparameters') if isinstance(results.get('hyperparameters'), dict) else {}
     # the schedule length belongs next to the number: a 2-epoch fine-tune is not the paper's 100
     details = [str(protocol['mode'])] if isinstance(protocol, dict) and protocol.get('mode') else []
-    details += [f'{hyper["epochs"]} epochs'] if hyper.get('epochs') else []
+    details += [f'{hyper["epochs"]:g} epochs'] if hyper.get('epochs') else []
     if name is None and isinstance(protocol, dict):
         name = str(protocol.get('name', 'evaluation')).replace('_', ' ')
     elif name is None:

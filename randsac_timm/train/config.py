@@ -60,7 +60,7 @@ class PretrainConfig:
     # optimisation (MAE conventions: lr = blr * effective batch / 256, schedule per step)
     batch_size: int = 256  # per process
     accum_iter: int = 1
-    epochs: int = 800
+    epochs: float = 800  # fractions allowed: a run sized to a CPU budget ends mid-epoch, its cosine schedule whole
     max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs); the schedule is unchanged
     blr: float = 1.5e-4
     lr: Optional[float] = None  # absolute lr; overrides blr
@@ -229,7 +229,7 @@ def parse_pretrain_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
 # Numbers a run cannot use outside these ranges: (lowest accepted, whether the lowest itself is accepted). Checked
 # before any work, so a bad value fails in a second (not after the data set loads, or silently as a 0-step run).
 _PRETRAIN_RANGES: Dict[str, Tuple[float, bool]] = {
-    'batch_size': (1, True), 'accum_iter': (1, True), 'epochs': (1, True), 'max_steps': (1, True),
+    'batch_size': (1, True), 'accum_iter': (1, True), 'epochs': (0, False), 'max_steps': (1, True),
     'max_train_samples': (1, True), 'img_size': (1, True), 'log_every': (1, True), 'max_nonfinite': (1, True),
     'workers': (0, True), 'save_every': (0, True), 'vis_every': (0, True), 'keep_checkpoints': (0, True),
     'blr': (0, False), 'lr': (0, False), 'clip_grad': (0, False), 'min_lr': (0, True), 'warmup_epochs': (0, True),

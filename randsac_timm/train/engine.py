@@ -94,6 +94,21 @@ class JsonlLog:
         with open(self.path, 'a') as f:
             f.write(json.dumps(record) + '\n')
 
+    def last(self, event: str, key: str) -> Optional[Any]:
+        """`key` of the last `event` record written so far (a resumed run's earlier records included), or None."""
+        if self.path is None or not os.path.exists(self.path):
+            return None
+        found = None
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the half-written last line of a killed run
+                    continue
+                if record.get('event') == event and key in record:
+                    found = record[key]
+        return found
+
 
 def _objective_kwargs(cfg: PretrainConfig) -> Dict[str, Any]:
     """The options only one objective takes: MAE (`mae_pretrain_*`) or RandSAC (every other wrapper)."""
@@ -224,7 +239,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext) -> Run:
     eff_batch = cfg.batch_size * cfg.accum_iter * ctx.world_size
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
     optimizer = create_optimizer_v2(model, opt='adamw', lr=lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-    total_updates = cfg.epochs * updates_per_epoch
+    total_updates = max(1, round(cfg.epochs * updates_per_epoch))  # fractional epochs end mid-epoch
     warmup_updates = min(round(cfg.warmup_epochs * updates_per_epoch), total_updates - 1)
     # warmup_prefix: the cosine spans the updates after the warm-up, so it reaches min_lr at the last one
     scheduler = CosineLRScheduler(
@@ -391,7 +406,9 @@ class TrainLogger:
         self.progress = tqdm(total=run.max_steps, initial=step, disable=not (run.ctx.is_primary and run.cfg.progress),
                              dynamic_ncols=True, desc='pretrain')
         self.postfix: Dict[str, str] = {}
-        self.last_loss = float('nan')
+        # a run resumed at (or near) its end still reports the loss it reached, not NaN
+        resumed_loss = log.last('train', 'loss') if step > 0 else None
+        self.last_loss = float('nan') if resumed_loss is None else float(resumed_loss)
         self.epoch_loss, self.epoch_count = 0.0, 0
         self._new_window(step)
 
