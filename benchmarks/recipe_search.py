@@ -10,7 +10,8 @@ A one-round coordinate search, honestly bounded. Every trial changes ONE knob of
 grid's fair setting: `randsac_vit_micro_patch4_32`, xavier init, normalised-pixel target, AdamW betas (0.9, 0.999),
 blr 1.5e-3, batch 128, padded 32x32 input, crop scale 0.2-1), pretrains for `--budget-cpu-min` training
 CPU-minutes (steps from each trial's own calibrated CPU-s per step, as in `race.py`, so a cheaper recipe gets more
-epochs; fractions of an epoch allowed, since whole epochs would give a 1.4-epoch budget 1 epoch and a 1.8-epoch one 2) on a seeded `--train-samples` subset, then probes the encoder on the full official split: the paper's LARS
+epochs; fractions of an epoch allowed, since whole epochs would give a 1.4-epoch budget 1 epoch and a 1.8-epoch
+one 2) on a seeded `--train-samples` subset, then probes the encoder on the full official split: the paper's LARS
 probe (fast mode), the converged L-BFGS readout of the last block (the score that ranks trials) and of every
 block, and the weighted kNN. When a method's single-knob trials are done, one more trial combines, for every knob
 whose best value beat the base, that value (`combine`); its best trial is its recipe.
