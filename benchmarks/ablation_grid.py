@@ -3,6 +3,8 @@
     python benchmarks/ablation_grid.py                  # every row, 2 seeds: many CPU-hours on 2 cores, resumable
     python benchmarks/ablation_grid.py --rows 'MAE 75%' --seeds 1
     python benchmarks/ablation_grid.py --device cuda --train-samples 60000 --epochs 20 --tag gpu-long
+    python benchmarks/ablation_grid.py --recipes benchmarks/results/recipe_search-best.json --train-samples 60000 \
+        --epochs 6 --threads 1 --tag ablation_recipe       # the claim rows at a real budget, with the searched recipe
 
 Every row pretrains `randsac_vit_micro_patch4_32` (Fashion-MNIST 28 -> 32, 8x8 grid, unless the row says otherwise)
 with the same epochs, batch, optimizer (AdamW, betas (0.9, 0.999) as the paper's CIFAR recipe, Table 12), data and
@@ -26,6 +28,11 @@ row. Each finished row is a JSON file under `benchmarks/results/<tag>/`; a kille
 (finished rows are skipped, an unfinished pretraining resumes from its checkpoint). Data loading runs in the
 training process (`workers=0`) so that its CPU time is counted. At the end the command writes
 `benchmarks/results/<tag>.json` and `benchmarks/results/<tag>.md` (the table).
+
+With `--recipes FILE` (`{"RandSAC": {...}, "MAE": {...}}`, as `recipe_search.py` writes it) the grid runs only the
+rows that carry one of the paper's claims (`CLAIM_ROWS`), each with its method's searched recipe (input, crop, target,
+lr, batch, decoder size, MAE's mask ratio) and only what the row tests taken from the row (`ROW_KEYS`: the wrapper,
+segments, decoder kind, skip memory). Every RandSAC row then shares one target, so the groups merge into one.
 """
 import argparse
 import json
@@ -82,6 +89,11 @@ ROWS: List[Dict[str, Any]] = [
     dict(name='blob(7)', group='T1-6', pretrain=_randsac('blob:7', RAW)),
     dict(name='shuffle(7)', group='T1-6', pretrain=_randsac('shuffle:7', RAW)),
 ]
+# the rows that test a claim of the paper, run at a real budget with the searched recipe (`--recipes`)
+CLAIM_ROWS = ('random init', 'blob 11->5 (skips)', 'MAE 75%', 'MAE 75%, RandSAC CPU time', 'blob 11->5 plain decoder',
+              'blob 11->5 two-stream', 'blob(11), norm-pix', 'blob(7), norm-pix', 'blob 7->3', 'blob(16), norm-pix',
+              'blob 16->4', 'patch-random')
+ROW_KEYS = ('model', 'segments', 'decoder', 'skip_memory')  # what a row tests; a recipe sets everything else
 EQUAL_TIME_REFERENCE = 'blob 11->5 (skips)'  # RandSAC row whose CPU time the equal-time MAE row gets
 EQUAL_TIME_RATE = 'MAE 75%'  # MAE row that measures MAE's CPU time per step
 
@@ -97,7 +109,32 @@ def _slug(name: str) -> str:
     return ''.join(c if c.isalnum() else '_' for c in name).strip('_').lower()
 
 
-def _pretrain(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Optional[int] = None) -> Dict[str, Any]:
+def _with_recipe(row: Dict[str, Any], recipes: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """`row` pretrained with its method's recipe, keeping from the row only what it tests (`ROW_KEYS`)."""
+    if row['pretrain'] is None:
+        return row
+    method = 'MAE' if row['pretrain']['model'] == MAE else 'RandSAC'
+    pretrain = dict(recipes[method], **{k: v for k, v in row['pretrain'].items() if k in ROW_KEYS})
+    if pretrain.get('decoder', 'skip') != 'skip':
+        pretrain.pop('skip_memory', None)  # a recipe's skip memory mixes the skip decoder's levels only
+    return dict(row, pretrain=pretrain)
+
+
+def _load_recipes(path: str) -> Dict[str, Dict[str, Any]]:
+    try:
+        with open(path) as f:
+            recipes = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f'--recipes {path}: cannot read it ({e}); give the -best.json that recipe_search.py writes')
+    missing = {'RandSAC', 'MAE'} - set(recipes if isinstance(recipes, dict) else ())
+    if missing:
+        raise SystemExit(f'--recipes {path}: no recipe for {sorted(missing)}; it needs both RandSAC and MAE '
+                         f'(run benchmarks/recipe_search.py for both methods)')
+    return recipes
+
+
+def _row_values(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Optional[int] = None) -> Dict[str, Any]:
+    """The trainer values of one row's pretraining: the grid's shared settings, then the row's own."""
     values = dict(
         dataset='fashion_mnist', img_size=32, max_train_samples=args.train_samples, epochs=args.epochs,
         batch_size=args.batch_size, blr=args.blr, min_lr=1e-5, warmup_epochs=min(0.5, args.epochs / 4),
@@ -105,6 +142,11 @@ def _pretrain(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Opt
         seed=seed, output_dir=out_dir, save_every=100, log_every=20, vis_every=0, progress=False,
         max_steps=max_steps, data_dir=args.data_dir)
     values.update(row['pretrain'])
+    return values
+
+
+def _pretrain(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Optional[int] = None) -> Dict[str, Any]:
+    values = _row_values(row, seed, args, out_dir, max_steps)
     result = train(make_config(PretrainConfig, values))
     with open(result.log) as f:
         records = [json.loads(line) for line in f]
@@ -215,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--seeds', type=int, default=2, help='seeds per row')
     parser.add_argument('--train-samples', type=int, default=20000, help='pretraining images (a seeded subset)')
-    parser.add_argument('--epochs', type=int, default=2, help='pretraining epochs')
+    parser.add_argument('--epochs', type=float, default=2, help='pretraining epochs (fractions allowed)')
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--blr', type=float, default=1.5e-3)
     parser.add_argument('--probe-train-samples', type=int, default=None, help='probe training images (default: all)')
@@ -228,6 +270,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--amp', action='store_true')
     parser.add_argument('--data-dir', default=None)
     parser.add_argument('--rows', nargs='*', default=None, help='only these row names')
+    parser.add_argument('--recipes', default=None,
+                        help='a {method: recipe} JSON (recipe_search.py\'s -best.json): run the claim rows with it')
     parser.add_argument('--tag', default='ablation_fair', help='results name')
     parser.add_argument('--pretrain-only', action='store_true',
                         help='pretrain the rows, probe nothing, write no row file (a later run without it probes them: '
@@ -252,6 +296,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if unknown:
         raise SystemExit(f'unknown rows {sorted(unknown)}; rows: {[r["name"] for r in ROWS]}')
     selected = [r for r in ROWS if not args.rows or r['name'] in args.rows]
+    if args.recipes:
+        recipes = _load_recipes(args.recipes)
+        selected = [_with_recipe(r, recipes) for r in selected if r['name'] in CLAIM_ROWS]
 
     for row in [] if args.table_only else selected:
         for seed in range(args.seeds):
@@ -269,7 +316,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             if row['pretrain'] is None:
                 if args.pretrain_only:
                     continue
-                checkpoint = _initial_encoder(seed, run_dir)
+                checkpoint = _initial_encoder(seed, run_dir, img_size=_row_size(selected))
             else:
                 max_steps = None
                 if row.get('equal_time'):
@@ -279,8 +326,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                               f'with complete CPU times')
                         continue
                     # as many MAE steps as fit in RandSAC's CPU time, on a schedule sized for them
-                    row = dict(row, pretrain=dict(row['pretrain'], epochs=max(
-                        1, -(-max_steps * args.batch_size // args.train_samples))))
+                    batch = row['pretrain'].get('batch_size', args.batch_size)
+                    row = dict(row, pretrain=dict(row['pretrain'], epochs=max_steps / (args.train_samples // batch)))
                 record.update(_pretrain(row, seed, args, run_dir, max_steps=max_steps))
                 checkpoint = record['checkpoint']
                 if args.pretrain_only:
@@ -289,6 +336,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             _write_row(path, _probed(record, checkpoint, seed, args, row, start))
 
     _write_table(root, args.tag, rows_dir, selected, args)
+
+
+def _row_size(rows: List[Dict[str, Any]]) -> int:
+    """The input size of the pretrained rows (a recipe may use the native 28x28): the random-init row's size."""
+    sizes = {r['pretrain'].get('img_size', 32) for r in rows if r['pretrain'] is not None}
+    return sizes.pop() if len(sizes) == 1 else 32
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -320,6 +373,15 @@ def _target(row: Dict[str, Any]) -> str:
     return 'norm-pix' if row['pretrain'].get('norm_pix_loss') else 'raw'
 
 
+def _recipe_text(args) -> str:
+    if not args.recipes:
+        return ''
+    recipes = {m: {k: v for k, v in r.items() if k != 'model'} for m, r in _load_recipes(args.recipes).items()}
+    return (f'; every row with its method\'s searched recipe (`{args.recipes}`, which overrides the batch and blr '
+            f'above: {json.dumps(recipes)}), each row setting only what it tests (wrapper, segments, decoder, skip '
+            f'memory)')
+
+
 def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, Any]], args) -> None:
     records = []
     for name in sorted(os.listdir(rows_dir)):
@@ -330,8 +392,8 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                      f'before threads were recorded ran with torch\'s default, one per core)')
     lines = [
         f'Fashion-MNIST, `{ENCODER}` (28 -> 32 padded, 8x8 grid, unless the row says otherwise), xavier init, '
-        f'{args.train_samples} pretraining images x {args.epochs} epoch(s), batch {args.batch_size}, blr {args.blr}, '
-        f'AdamW betas (0.9, 0.999); probes on the official 10k test split: LARS = the paper\'s linear probe (fast '
+        f'{args.train_samples} pretraining images x {args.epochs:g} epoch(s), batch {args.batch_size}, blr {args.blr}, '
+        f'AdamW betas (0.9, 0.999){_recipe_text(args)}; probes on the official 10k test split: LARS = the paper\'s linear probe (fast '
         f'mode, {args.probe_epochs} epochs), converged = L-BFGS logistic regression on the same features, best '
         f'block = the block with the best converged readout; {hardware}. Mean ± std over the seeds. '
         f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in args.argv)}`.',
@@ -363,7 +425,8 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                           knn_top1=[r.get('pixel_knn_top1') for r in rs],
                           pca_lbfgs_top1=[r.get('pixel_pca_linear_top1') for r in rs])
             summary.append(pixels)
-            lines.append(f'| raw pixels (the probe\'s 32x32 input) | - | - | {_stats(pixels["top1"])} | '
+            size = _row_size(selected)
+            lines.append(f'| raw pixels (the probe\'s {size}x{size} input) | - | - | {_stats(pixels["top1"])} | '
                          f'{_stats(pixels["lbfgs_top1"])} | {_stats(pixels["knn_top1"])} | - | {len(rs)} | '
                          f'- | - | - | - |')
             lines.append(f'| raw pixels, PCA to the encoder width (128) | - | - | - | '

@@ -57,3 +57,54 @@ def test_equal_time_row_refuses_cpu_times_from_different_thread_counts(tmp_path)
     assert _equal_time_steps(str(tmp_path), 1) is None
     write(EQUAL_TIME_RATE, pretrain_cpu_s=600.0, steps=300, torch_threads=1)
     assert _equal_time_steps(str(tmp_path), 1) == 500
+
+
+def _recipes():
+    from ablation_grid import MAE, RANDSAC
+
+    return {'RandSAC': dict(model=RANDSAC, segments='blob:11-5', norm_pix_loss=False, img_size=28, blr=3e-3,
+                            batch_size=64, skip_memory='paper', crop_scale=[0.5, 1.0]),
+            'MAE': dict(model=MAE, mask_ratio=0.6, norm_pix_loss=True, img_size=28, blr=0.75e-3, batch_size=256)}
+
+
+def test_a_recipe_sets_everything_but_what_the_row_tests(tmp_path):
+    """--recipes: each claim row keeps its wrapper, segments and decoder, and takes every other value (target
+    included) from its method's recipe; each resulting row is a valid pretraining config."""
+    import argparse
+
+    from ablation_grid import CLAIM_ROWS, MAE, ROWS, _row_values, _with_recipe
+
+    from randsac_timm.train.config import PretrainConfig, make_config
+
+    assert set(CLAIM_ROWS) <= {r['name'] for r in ROWS}
+    recipes = _recipes()
+    rows = {r['name']: _with_recipe(r, recipes) for r in ROWS if r['name'] in CLAIM_ROWS}
+    assert rows['random init']['pretrain'] is None
+    mae = rows['MAE 75%']['pretrain']
+    assert mae == recipes['MAE']  # MAE's own mask ratio, lr and batch, not RandSAC's
+    flat = rows['blob(7), norm-pix']['pretrain']
+    assert flat['segments'] == 'blob:7' and flat['norm_pix_loss'] is False and flat['img_size'] == 28
+    assert flat['skip_memory'] == 'paper' and flat['blr'] == 3e-3
+    assert rows['patch-random']['pretrain']['norm_pix_loss'] is False  # one target for every row
+    plain = rows['blob 11->5 plain decoder']['pretrain']
+    assert plain['decoder'] == 'plain' and 'skip_memory' not in plain  # a plain decoder has no levels to mix
+    args = argparse.Namespace(train_samples=1000, epochs=1.5, batch_size=128, blr=1.5e-3, device='cpu', amp=False,
+                              data_dir=None)
+    for name, row in rows.items():
+        if row['pretrain'] is not None:
+            cfg = make_config(PretrainConfig, _row_values(row, 0, args, str(tmp_path / 'run')))
+            assert cfg.batch_size == (256 if row['pretrain']['model'] == MAE else 64), name
+
+
+def test_a_recipes_file_without_both_methods_is_one_clear_error(tmp_path):
+    import json
+
+    import pytest
+    from ablation_grid import _load_recipes
+
+    path = tmp_path / 'best.json'
+    path.write_text(json.dumps({'RandSAC': _recipes()['RandSAC']}))
+    with pytest.raises(SystemExit, match=r"no recipe for \['MAE'\]"):
+        _load_recipes(str(path))
+    with pytest.raises(SystemExit, match='cannot read it'):
+        _load_recipes(str(tmp_path / 'missing.json'))
