@@ -495,7 +495,7 @@ def package(
     """Ship an encoder inside randsac-timm: `<encoder>.<tag>.safetensors` + `<encoder>.<tag>.json` in `out_dir`.
 
     With `full`, the full pretraining model as `<wrapper>.<tag>.safetensors` + `.json` instead: at import the
-    wrapper registers the tag (`encoder_loading.pretrain_default_cfgs`), so
+    wrapper registers the tag (`hub.loading.pretrain_default_cfgs`), so
     `timm.create_model('<wrapper>.<tag>', pretrained=True)` loads encoder, decoder and skip weights offline.
 
     At import, `randsac_vit.py` registers each such pair as the tag `<encoder>.<tag>` with `file=` pointing at

@@ -199,7 +199,7 @@ def packaged_weight_cfgs(folder: str) -> Dict[str, Dict[str, Any]]:
         encoder, _, tag = name_tag.partition('.')
         meta_path = os.path.join(folder, name_tag + '.json')
         if ext != '.safetensors' or encoder.startswith(('randsac_pretrain_', 'mae_pretrain_')):
-            continue  # full pretraining models: their wrappers register them (encoder_loading.pretrain_default_cfgs)
+            continue  # full pretraining models: their wrappers register them (hub.loading.pretrain_default_cfgs)
         if not tag or encoder not in _BASE_CFGS or not os.path.isfile(meta_path):
             warnings.warn(f'{os.path.join(folder, fname)} is not registered: packaged weights are named '
                           f'<encoder>.<tag>.safetensors with <encoder>.<tag>.json beside them', stacklevel=2)
