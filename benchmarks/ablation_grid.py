@@ -42,7 +42,7 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -51,11 +51,17 @@ from randsac_timm.eval.linear_probe import run_linear_probe
 from randsac_timm.train.checkpoint import atomic_write
 from randsac_timm.train.config import PretrainConfig, make_config
 from randsac_timm.train.engine import train
+from randsac_timm.train.run_log import read_log
 
 ENCODER = 'randsac_vit_micro_patch4_32'
 RANDSAC = 'randsac_pretrain_vit_micro_patch4_32'
 MAE = 'mae_pretrain_vit_micro_patch4_32'
 RAW, NORM = dict(norm_pix_loss=False), dict(norm_pix_loss=True)
+# each method's fair default (the grid's setting), which a recipe file's entries override (race, recipe search, grid)
+RECIPES: Dict[str, Dict[str, Any]] = {
+    'RandSAC': dict(model=RANDSAC, segments='blob:11-5', **NORM),
+    'MAE': dict(model=MAE, mask_ratio=0.75, **NORM),
+}
 
 
 def _randsac(segments: str, target: Dict[str, bool], **kwargs: Any) -> Dict[str, Any]:
@@ -94,6 +100,7 @@ CLAIM_ROWS = ('random init', 'blob 11->5 (skips)', 'MAE 75%', 'MAE 75%, RandSAC 
               'blob 11->5 two-stream', 'blob(11), norm-pix', 'blob(7), norm-pix', 'blob 7->3', 'blob(16), norm-pix',
               'blob 16->4', 'patch-random')
 ROW_KEYS = ('model', 'segments', 'decoder', 'skip_memory')  # what a row tests; a recipe sets everything else
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 EQUAL_TIME_REFERENCE = 'blob 11->5 (skips)'  # RandSAC row whose CPU time the equal-time MAE row gets
 EQUAL_TIME_RATE = 'MAE 75%'  # MAE row that measures MAE's CPU time per step
 
@@ -115,22 +122,47 @@ def _with_recipe(row: Dict[str, Any], recipes: Dict[str, Dict[str, Any]]) -> Dic
         return row
     method = 'MAE' if row['pretrain']['model'] == MAE else 'RandSAC'
     pretrain = dict(recipes[method], **{k: v for k, v in row['pretrain'].items() if k in ROW_KEYS})
-    if pretrain.get('decoder', 'skip') != 'skip':
-        pretrain.pop('skip_memory', None)  # a recipe's skip memory mixes the skip decoder's levels only
+    if method == 'RandSAC':
+        pretrain['decoder'] = row['pretrain'].get('decoder', 'skip')  # the row's decoder, never the recipe's
+        if pretrain['decoder'] != 'skip':
+            pretrain.pop('skip_memory', None)  # a recipe's skip memory mixes the skip decoder's levels only
     return dict(row, pretrain=pretrain)
 
 
-def _load_recipes(path: str) -> Dict[str, Dict[str, Any]]:
+def load_recipes(path: str) -> Dict[str, Dict[str, Any]]:
+    """{method: recipe} from a JSON file (recipe_search.py's -best.json), each entry over the method's default
+    (`RECIPES`), checked: known methods, `PretrainConfig` fields only, a wrapper of the method's own objective."""
+    if not os.path.isfile(path):
+        raise SystemExit(f'--recipes {path}: no such file; give a JSON file {{method: {{field: value}}}} '
+                         f'(the -best.json that benchmarks/recipe_search.py writes)')
     try:
         with open(path) as f:
-            recipes = json.load(f)
+            given = json.load(f)
     except (OSError, ValueError) as e:
-        raise SystemExit(f'--recipes {path}: cannot read it ({e}); give the -best.json that recipe_search.py writes')
-    missing = {'RandSAC', 'MAE'} - set(recipes if isinstance(recipes, dict) else ())
-    if missing:
-        raise SystemExit(f'--recipes {path}: no recipe for {sorted(missing)}; it needs both RandSAC and MAE '
-                         f'(run benchmarks/recipe_search.py for both methods)')
+        raise SystemExit(f'--recipes {path}: cannot read it ({e}); give a JSON file {{method: {{field: value}}}}')
+    if not isinstance(given, dict):
+        raise SystemExit(f'--recipes {path}: expected a JSON object {{method: {{field: value}}}}')
+    fields = set(PretrainConfig.__dataclass_fields__)
+    recipes = dict(RECIPES)
+    for method, recipe in given.items():
+        unknown = sorted(set(recipe) - fields) if isinstance(recipe, dict) else ['(not an object)']
+        if method not in RECIPES or unknown:
+            raise SystemExit(f'--recipes {path}: {method!r} {unknown or ""}: methods are {list(RECIPES)}, fields are '
+                             f'train_pretrain.py options (PretrainConfig)')
+        merged = dict(RECIPES[method], **recipe)
+        if merged['model'].startswith('mae_') != (method == 'MAE'):
+            wanted = 'mae_pretrain_*' if method == 'MAE' else 'randsac_pretrain_*'
+            raise SystemExit(f'--recipes {path}: the {method} recipe names {merged["model"]!r}, a wrapper of the '
+                             f'other objective; give a {wanted} wrapper')
+        recipes[method] = merged
     return recipes
+
+
+def same_settings(stored: Dict[str, Any], expected: Dict[str, Any], ignore: Sequence[str] = ()) -> List[str]:
+    """The keys present in both whose values differ (as JSON keeps them: tuples become lists), `ignore` left out.
+    A result file written with other settings must not be reused under the same name."""
+    stored, expected = json.loads(json.dumps(stored)), json.loads(json.dumps(expected))
+    return sorted(k for k in set(stored) & set(expected) if k not in ignore and stored[k] != expected[k])
 
 
 def _row_values(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Optional[int] = None) -> Dict[str, Any]:
@@ -148,8 +180,7 @@ def _row_values(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: O
 def _pretrain(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Optional[int] = None) -> Dict[str, Any]:
     values = _row_values(row, seed, args, out_dir, max_steps)
     result = train(make_config(PretrainConfig, values))
-    with open(result.log) as f:
-        records = [json.loads(line) for line in f]
+    records = read_log(result.log)
     ips = [r['images_per_s'] for r in records if r['event'] == 'train'][1:]
     wall, cpu, complete = run_time(records)
     return dict(checkpoint=result.checkpoint, steps=result.step, final_loss=result.last_loss,
@@ -161,7 +192,9 @@ def run_time(records: List[Dict[str, Any]]) -> Tuple[float, float, bool]:
     """(wall-clock s, CPU s, complete) of a run's log, summed over its invocations (a resumed row has several).
 
     An invocation that was killed has no `end` record: the time after its last logged record is unknown, so the
-    sums are then lower bounds and `complete` is False (an equal-CPU-time comparison must not use them).
+    sums are then lower bounds and `complete` is False (an equal-CPU-time comparison must not use them). An
+    invocation that starts at step 0 after others (a run killed before its first checkpoint, started again)
+    replaces them: their steps were thrown away.
     """
     invocations: List[List[Dict[str, Any]]] = []
     previous = None
@@ -174,6 +207,8 @@ def run_time(records: List[Dict[str, Any]]) -> Tuple[float, float, bool]:
     wall = cpu = 0.0
     complete = True
     for invocation in invocations:
+        if invocation[0]['event'] == 'start' and invocation[0].get('step') == 0:
+            wall, cpu, complete = 0.0, 0.0, True  # started again from scratch (killed before a checkpoint)
         timed = [r for r in invocation if r.get('cpu_time_s') is not None]
         last = invocation[-1] if invocation[-1]['event'] == 'end' else (timed[-1] if timed else None)
         complete = complete and invocation[-1]['event'] == 'end'
@@ -272,7 +307,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--rows', nargs='*', default=None, help='only these row names')
     parser.add_argument('--recipes', default=None,
                         help='a {method: recipe} JSON (recipe_search.py\'s -best.json): run the claim rows with it')
-    parser.add_argument('--tag', default='ablation_fair', help='results name')
+    parser.add_argument('--tag', default=None, help='results name (default: ablation_fair; with --recipes, '
+                        'ablation_recipe)')
     parser.add_argument('--pretrain-only', action='store_true',
                         help='pretrain the rows, probe nothing, write no row file (a later run without it probes them: '
                              'the finished pretraining is only reloaded, which adds a few CPU-seconds to its time)')
@@ -281,6 +317,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--table-only', action='store_true',
                         help='run nothing: write the table from the rows finished so far (a grid stopped midway)')
     args = parser.parse_args(argv)
+    if args.tag is None:  # a recipe grid never reuses (or overwrites) the fair grid's row files
+        args.tag = 'ablation_recipe' if args.recipes else 'ablation_fair'
     if args.threads is not None:
         if args.threads < 1:
             raise SystemExit(f'--threads {args.threads}: give 1 or more CPU threads')
@@ -288,7 +326,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     # the command that produced the rows (a --table-only call only re-tabulates them)
     not_rows = ('--table-only', '--reprobe', '--pretrain-only')  # flags that change what runs, not the rows' settings
     args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in not_rows]
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+    root = RESULTS
     rows_dir = os.path.join(root, args.tag)
     work = os.path.join('output', 'ablation', args.tag)
     os.makedirs(rows_dir, exist_ok=True)
@@ -296,14 +334,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     if unknown:
         raise SystemExit(f'unknown rows {sorted(unknown)}; rows: {[r["name"] for r in ROWS]}')
     selected = [r for r in ROWS if not args.rows or r['name'] in args.rows]
-    if args.recipes:
-        recipes = _load_recipes(args.recipes)
+    recipes = load_recipes(args.recipes) if args.recipes else None
+    if recipes:
         selected = [_with_recipe(r, recipes) for r in selected if r['name'] in CLAIM_ROWS]
+    # random init and raw pixels are probed at the RandSAC rows' input size (a recipe may use the native 28x28)
+    args.random_init_size = recipes['RandSAC'].get('img_size', 32) if recipes else 32
 
     for row in [] if args.table_only else selected:
         for seed in range(args.seeds):
             path = os.path.join(rows_dir, f'{_slug(row["name"])}-seed{seed}.json')
             done = _read(path)
+            if done and same_settings(dict(pretrain=done.get('pretrain')), dict(pretrain=row['pretrain'])):
+                raise SystemExit(f'{path} was pretrained with other settings than row {row["name"]!r} has now: '
+                                 f'give another --tag, or delete the file to run the row again')
             if done and args.reprobe and done.get('lbfgs_top1') is None:
                 _write_row(path, _probed(done, done['checkpoint'], seed, args, row, time.time()))
             if done:  # finished earlier: resumable row by row
@@ -316,7 +359,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             if row['pretrain'] is None:
                 if args.pretrain_only:
                     continue
-                checkpoint = _initial_encoder(seed, run_dir, img_size=_row_size(selected))
+                checkpoint = _initial_encoder(seed, run_dir, img_size=args.random_init_size)
+                record['img_size'] = args.random_init_size
             else:
                 max_steps = None
                 if row.get('equal_time'):
@@ -336,12 +380,6 @@ def main(argv: Optional[List[str]] = None) -> None:
             _write_row(path, _probed(record, checkpoint, seed, args, row, start))
 
     _write_table(root, args.tag, rows_dir, selected, args)
-
-
-def _row_size(rows: List[Dict[str, Any]]) -> int:
-    """The input size of the pretrained rows (a recipe may use the native 28x28): the random-init row's size."""
-    sizes = {r['pretrain'].get('img_size', 32) for r in rows if r['pretrain'] is not None}
-    return sizes.pop() if len(sizes) == 1 else 32
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -376,7 +414,7 @@ def _target(row: Dict[str, Any]) -> str:
 def _recipe_text(args) -> str:
     if not args.recipes:
         return ''
-    recipes = {m: {k: v for k, v in r.items() if k != 'model'} for m, r in _load_recipes(args.recipes).items()}
+    recipes = {m: {k: v for k, v in r.items() if k != 'model'} for m, r in load_recipes(args.recipes).items()}
     return (f'; every row with its method\'s searched recipe (`{args.recipes}`, which overrides the batch and blr '
             f'above: {json.dumps(recipes)}), each row setting only what it tests (wrapper, segments, decoder, skip '
             f'memory)')
@@ -425,7 +463,7 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                           knn_top1=[r.get('pixel_knn_top1') for r in rs],
                           pca_lbfgs_top1=[r.get('pixel_pca_linear_top1') for r in rs])
             summary.append(pixels)
-            size = _row_size(selected)
+            size = rs[0].get('img_size', 32)
             lines.append(f'| raw pixels (the probe\'s {size}x{size} input) | - | - | {_stats(pixels["top1"])} | '
                          f'{_stats(pixels["lbfgs_top1"])} | {_stats(pixels["knn_top1"])} | - | {len(rs)} | '
                          f'- | - | - | - |')

@@ -40,15 +40,16 @@ step() {
 
 [ "$DEVICE" = cuda ] && step cudnn-nan-check 60 python3 benchmarks/gpu_cudnn_nan_check.py --json "$OUT/cudnn_nan_check.json"
 
-# one YAML per run: the 6-epoch zoo preset (full split, batch 256), the method's recipe on top, this run's size
+# one YAML per run: the 6-epoch zoo preset (full split, batch 256), the method's recipe on top (the search writes
+# its batch, blr and input size into it, so those are what the search measured), this run's size
 python3 - "$RECIPES" "$RUNS" "$DEVICE" "$MICRO_EPOCHS" "$TINY_EPOCHS" <<'PY'
 import json, os, sys
 import yaml
 sys.path.insert(0, 'benchmarks')
-from race import RECIPES
+from ablation_grid import RECIPES, load_recipes
 from randsac_timm.train.config import load_yaml_config, resolve_preset, PretrainConfig
 path, runs, device, micro_epochs, tiny_epochs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-recipes = dict(RECIPES, **(json.load(open(path)) if os.path.isfile(path) else {}))
+recipes = load_recipes(path) if os.path.isfile(path) else dict(RECIPES)  # each entry over the method's default
 print('recipes from', path if os.path.isfile(path) else 'race.RECIPES (no search results yet)', json.dumps(recipes))
 base = load_yaml_config(resolve_preset('fmnist_micro_cpu_bench'), PretrainConfig)
 for method, recipe in recipes.items():

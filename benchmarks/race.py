@@ -43,16 +43,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the grid's models and target (one fair setting), and its row-file I/O
-from ablation_grid import MAE, NORM, RANDSAC, _read, _write_row  # noqa: E402
+from ablation_grid import RECIPES, _read, _write_row, load_recipes, same_settings  # noqa: E402
 
 from randsac_timm.train.checkpoint import atomic_write  # noqa: E402
 from randsac_timm.train.config import PretrainConfig, make_config  # noqa: E402
 from randsac_timm.train.curves import read_curves  # noqa: E402
+from randsac_timm.train.run_log import read_log  # noqa: E402
 
-RECIPES: Dict[str, Dict[str, Any]] = {
-    'RandSAC': dict(model=RANDSAC, segments='blob:11-5', **NORM),
-    'MAE': dict(model=MAE, mask_ratio=0.75, **NORM),
-}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
 
@@ -80,19 +77,24 @@ def calibrate(args, recipes, path: str, work: str) -> Dict[str, Any]:
     for method in recipes:
         key = f'{method}@{torch.get_num_threads()}threads'
         recipe = json.loads(json.dumps(recipes[method]))  # as the file keeps it (tuples become lists)
-        if key in done and done[key].get('recipe') == recipe:
-            continue  # a changed recipe (input size, decoder, batch) has another CPU cost per step: measure again
+        # every trainer value but the run's seed and folder: a changed recipe or flag (input size, decoder, batch,
+        # --batch-size) has another CPU cost per step, so it is measured again
+        settings = json.loads(json.dumps({k: v for k, v in _values(args, method, recipes, 0, '').items()
+                                          if k not in ('seed', 'output_dir', 'data_dir')}))
+        stored = done.get(key, {})
+        # calibrations written before their settings were kept match on the recipe alone
+        if stored and (stored['settings'] == settings if 'settings' in stored else stored.get('recipe') == recipe):
+            continue
         out = os.path.join(work, f'calibrate-{method}')
         shutil.rmtree(out, ignore_errors=True)  # its log must hold this calibration's steps only
         values = dict(_values(args, method, recipes, 0, out), max_steps=args.calibration_steps, log_every=1,
                       auto_resume=False, save_every=0)
         result = _train(values)
-        with open(result.log) as f:
-            train = [r for r in map(json.loads, f) if r['event'] == 'train']
+        train = [r for r in read_log(result.log) if r['event'] == 'train']
         first, last = train[2], train[-1]  # the first steps warm up allocators and caches
         done[key] = dict(cpu_s_per_step=(last['cpu_time_s'] - first['cpu_time_s']) / (last['step'] - first['step']),
                          steps=last['step'] - first['step'], threads=torch.get_num_threads(),
-                         recipe=recipe)
+                         recipe=recipe, settings=settings)
         print(f'calibration {method}: {done[key]["cpu_s_per_step"]:.2f} CPU-s per step', flush=True)
         _write_row(path, done)
     return done
@@ -147,15 +149,32 @@ def budget_epochs(budget_cpu_min: float, cpu_s_per_step: float, steps_per_epoch:
     return max(1, round(budget_cpu_min * 60 / cpu_s_per_step)) / steps_per_epoch
 
 
-def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, calibration) -> Dict[str, Any]:
-    """Pretrain `method` for the CPU budget with online evaluation; its curve and times as the run's row file."""
+def run_values(args, recipes, method: str, seed: int, work: str, calibration) -> Dict[str, Any]:
+    """The trainer values of one run: its recipe, and the epochs the CPU budget buys at the calibrated rate."""
     rate = calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
-    out = os.path.join(work, f'{method}-seed{seed}')
-    values = _values(args, method, recipes, seed, out)
+    values = _values(args, method, recipes, seed, os.path.join(work, f'{method}-seed{seed}'))
     steps_per_epoch = max(1, values['max_train_samples'] // values['batch_size'])
     epochs = budget_epochs(args.budget_cpu_min, rate, steps_per_epoch)
     values.update(epochs=epochs, warmup_epochs=values.get('warmup_epochs') or epochs / 10,
                   eval_every=epochs / args.evals, eval_lbfgs=True)
+    return values
+
+
+def check_reusable(path: str, values: Dict[str, Any]) -> bool:
+    """Whether the finished run at `path` exists; refuses (one line) one that ran with other settings."""
+    done = _read(path)
+    changed = same_settings(done.get('config', {}), values, ignore=('data_dir',)) if done else []
+    if changed:
+        raise SystemExit(f'{path} ran with other settings ({", ".join(changed)} differ): give another --tag, or '
+                         f'delete it and its run folder to run it again')
+    return done is not None
+
+
+def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, calibration) -> Dict[str, Any]:
+    """Pretrain `method` for the CPU budget with online evaluation; its curve and times as the run's row file."""
+    rate = calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
+    values = run_values(args, recipes, method, seed, work, calibration)
+    out, epochs = values['output_dir'], values['epochs']
     result = _train(values)
     curves = read_curves(result.log)
     if any(t is None for t in curves.eval_cpu_s):
@@ -287,7 +306,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--seeds', type=int, default=2)
     parser.add_argument('--methods', nargs='+', default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument('--recipes', default=None,
-                        help='JSON file {method: {PretrainConfig field: value}} replacing each method\'s overrides')
+                        help='JSON file {method: {PretrainConfig field: value}}, each over the method\'s default')
     parser.add_argument('--train-samples', type=int, default=60000, help='pretraining images (a seeded subset)')
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--blr', type=float, default=1.5e-3)
@@ -302,22 +321,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if not getattr(args, name) > 0 or (name == 'calibration_steps' and args.calibration_steps < 4):
             raise SystemExit(f'--{name.replace("_", "-")} {getattr(args, name)}: give a positive number '
                              f'(calibration needs 4 steps or more)')
-    recipes = dict(RECIPES)
-    if args.recipes:
-        if not os.path.isfile(args.recipes):
-            raise SystemExit(f'--recipes {args.recipes}: no such file; give a JSON file {{method: {{field: value}}}}')
-        fields = set(PretrainConfig.__dataclass_fields__)
-        try:
-            with open(args.recipes) as f:
-                given = json.load(f)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f'--recipes {args.recipes}: not valid JSON ({e}); give {{method: {{field: value}}}}')
-        for method, recipe in given.items():
-            unknown = sorted(set(recipe) - fields) if isinstance(recipe, dict) else ['(not an object)']
-            if method not in RECIPES or unknown:
-                raise SystemExit(f'--recipes {args.recipes}: {method!r} {unknown or ""}: methods are {list(RECIPES)}, '
-                                 f'fields are train_pretrain.py options (PretrainConfig)')
-        recipes.update(given)
+    recipes = load_recipes(args.recipes) if args.recipes else dict(RECIPES)  # each entry over the method's default
     recipes = {m: recipes[m] for m in args.methods}
     torch.set_num_threads(args.threads)
     rows_dir, work = os.path.join(RESULTS, args.tag), os.path.join('output', 'race', args.tag)
@@ -328,10 +332,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         run_one(args, recipes, method, seed, rows_dir, work, calibrate(args, recipes, calibration, work))
         return
     if not args.table_only:
-        calibrate(args, recipes, calibration, work)
+        rates = calibrate(args, recipes, calibration, work)
         pixel_floors(args, recipes, rows_dir)
         todo = [(m, s) for s in range(args.seeds) for m in recipes  # a seed's methods side by side
-                if not os.path.exists(os.path.join(rows_dir, f'{m}-seed{s}.json'))]
+                if not check_reusable(os.path.join(rows_dir, f'{m}-seed{s}.json'),
+                                      run_values(args, recipes, m, s, work, rates))]
         running: List[subprocess.Popen] = []
         failed = []
         for method, seed in todo:

@@ -37,10 +37,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from randsac_timm.train.run_log import read_log
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the grid's row-file I/O and its probe (LARS fast, converged, per block, kNN), the race's budget machinery
 from ablation_grid import (  # noqa: E402
-    PROBE_KEYS, _fmt, _initial_encoder, _probe, _read, _slug, _write_row, run_time)
+    PROBE_KEYS, _fmt, _initial_encoder, _probe, _read, _slug, _write_row, run_time, same_settings)
 from race import RECIPES, _reap, _train, _values, add_runner_args, budget_epochs, calibrate, read_floors  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
@@ -73,6 +75,7 @@ OWN_TRIALS: Dict[str, List[Tuple[str, Optional[str], Dict[str, Any]]]] = {
     ],
 }
 COMBINED = 'combined'
+EXPLICIT = ('img_size', 'batch_size', 'blr')  # written into the best recipes even where a trial left them as they were
 SCORE = 'lbfgs_top1'  # ranks trials: the converged readout of the last block, the one a user fine-tunes from
 
 
@@ -114,13 +117,29 @@ def _trial_path(rows_dir: str, method: str, name: str) -> str:
     return os.path.join(rows_dir, f'{method.lower()}-{_slug(name)}.json')
 
 
-def _done(rows_dir: str, method: str) -> Dict[str, Dict[str, Any]]:
+def _done(rows_dir: str, method: str, budget_cpu_min: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
+    """The finished trials of `method`, by name; refuses (one line) a trial file written with another recipe or
+    budget than its name has now (a changed trial list or `--budget-cpu-min` under the same `--tag`)."""
     found = {}
     for t in trials(method) + [dict(name=COMBINED)]:
-        record = _read(_trial_path(rows_dir, method, t['name']))
-        if record:
-            found[t['name']] = record
+        path = _trial_path(rows_dir, method, t['name'])
+        record = _read(path)
+        if not record:
+            continue
+        changed = same_settings(dict(recipe=record['recipe']), dict(recipe=t['recipe'])) if 'recipe' in t else []
+        if budget_cpu_min is not None and record.get('budget_cpu_min', budget_cpu_min) != budget_cpu_min:
+            changed.append('budget_cpu_min')
+        if changed:
+            raise SystemExit(f'{path} was run with another {" and ".join(changed)} than trial {t["name"]!r} has now: '
+                             f'give another --tag, or delete the file to run the trial again')
+        found[t['name']] = record
     return found
+
+
+def complete(method: str, done: Dict[str, Dict[str, Any]]) -> bool:
+    """Whether `method`'s search is over: every single-knob trial done, and the combined one if any knob won."""
+    singles_done = all(t['name'] in done for t in trials(method))
+    return singles_done and (COMBINED in done or combine(method, done) is None)
 
 
 def run_trial(args, method: str, trial: Dict[str, Any], rows_dir: str, work: str) -> Dict[str, Any]:
@@ -135,14 +154,12 @@ def run_trial(args, method: str, trial: Dict[str, Any], rows_dir: str, work: str
     epochs = budget_epochs(args.budget_cpu_min, rate, steps_per_epoch)
     values.update(epochs=epochs, warmup_epochs=epochs / 10)
     result = _train(values)
-    with open(result.log) as f:
-        records = [json.loads(line) for line in f]
-    wall, cpu, complete = run_time(records)
+    wall, cpu, time_complete = run_time(read_log(result.log))
     probe = _probe(result.checkpoint, args.seed, args, os.path.join(out, 'probe'), pixels=False)
     record = dict(method=method, trial=trial['name'], knob=trial['knob'], overrides=trial['overrides'],
-                  recipe=trial['recipe'], seed=args.seed, epochs=epochs, steps=result.step,
-                  calibrated_cpu_s_per_step=rate, threads=torch.get_num_threads(),
-                  pretrain_cpu_min=cpu / 60 if complete else None, pretrain_wall_min=wall / 60,
+                  recipe=trial['recipe'], seed=args.seed, budget_cpu_min=args.budget_cpu_min, epochs=epochs,
+                  steps=result.step, calibrated_cpu_s_per_step=rate, threads=torch.get_num_threads(),
+                  pretrain_cpu_min=cpu / 60 if time_complete else None, pretrain_wall_min=wall / 60,
                   final_loss=result.last_loss, **{k: probe.get(k) for k in PROBE_KEYS if 'pixel' not in k},
                   probe_wall_s=probe.get('wall_time_s'), config=values)
     _write_row(_trial_path(rows_dir, method, trial['name']), record)
@@ -174,7 +191,7 @@ def write_table(args, rows_dir: str, argv: List[str]) -> None:
               'Δ converged vs base', 'kNN top-1', 'per-block converged']
     lines = [f'Recipe search, Fashion-MNIST, `randsac_vit_micro_patch4_32`, {args.budget_cpu_min} training '
              f'CPU-min per trial (steps from the calibrated CPU-s per step), {args.train_samples} '
-             f'pretraining images, seed {args.seed}, one thread per trial. Probes on the full official split: '
+             f'pretraining images, seed {args.seed}, {args.threads} thread(s) per trial. Probes on the full official split: '
              f'LARS (fast), converged L-BFGS of the last block (ranks the trials), per block, kNN (k=20, T=0.07). '
              f'Command: `python benchmarks/recipe_search.py {" ".join(shlex.quote(a) for a in argv)}`.', '']
     for size, f in sorted(floors.items()):
@@ -187,7 +204,7 @@ def write_table(args, rows_dir: str, argv: List[str]) -> None:
     everything: Dict[str, Any] = dict(tag=args.tag, floors=floors, trials=[], best={})
     best_recipes = {}
     for method in RECIPES:
-        done = _done(rows_dir, method)
+        done = _done(rows_dir, method, args.budget_cpu_min)
         base = done.get('base', {}).get(SCORE)
         for name, r in done.items():
             delta = None if base is None else r[SCORE] - base
@@ -199,9 +216,12 @@ def write_table(args, rows_dir: str, argv: List[str]) -> None:
             everything['trials'].append(r)
         if done:
             winner = max(done.values(), key=lambda r: r[SCORE])
-            best_recipes[method] = winner['recipe']
-            everything['best'][method] = dict(trial=winner['trial'], score=winner[SCORE], recipe=winner['recipe'],
-                                              complete=len(done) == len(trials(method)) + 1)
+            # the search's own settings of the knobs the recipe did not change (its --batch-size, --blr, input
+            # size), so the race and the grid train with what the search measured, whatever their own defaults
+            best_recipes[method] = dict({k: winner['config'][k] for k in EXPLICIT if k in winner['config']},
+                                        **winner['recipe'])
+            everything['best'][method] = dict(trial=winner['trial'], score=winner[SCORE],
+                                              recipe=best_recipes[method], complete=complete(method, done))
     lines += ['', 'Best per method (converged top-1): ' + '; '.join(
         f'{m} `{b["trial"]}` {b["score"]:.2f}{"" if b["complete"] else " (search unfinished)"}'
         for m, b in everything['best'].items())]
@@ -242,8 +262,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     os.makedirs(os.path.join(rows_dir, 'calibration'), exist_ok=True)
     if args.worker:
         method, name = args.worker
-        trial = next((t for t in trials(method) if t['name'] == name), None) or combine(method,
-                                                                                         _done(rows_dir, method))
+        trial = next((t for t in trials(method) if t['name'] == name), None)
+        trial = trial or combine(method, _done(rows_dir, method, args.budget_cpu_min))
         run_trial(args, method, trial, rows_dir, work)
         return
     if not args.table_only:
@@ -252,7 +272,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for phase in ('single', COMBINED):
             todo = []
             for method in args.methods:
-                done = _done(rows_dir, method)
+                done = _done(rows_dir, method, args.budget_cpu_min)
                 candidates = trials(method) if phase == 'single' else [t for t in [combine(method, done)] if t]
                 todo += [(method, t['name']) for t in candidates
                          if t['name'] not in done and (not args.trials or t['name'] in args.trials)]

@@ -96,15 +96,52 @@ def test_a_recipe_sets_everything_but_what_the_row_tests(tmp_path):
             assert cfg.batch_size == (256 if row['pretrain']['model'] == MAE else 64), name
 
 
-def test_a_recipes_file_without_both_methods_is_one_clear_error(tmp_path):
+def test_a_recipes_file_goes_over_the_defaults_and_bad_ones_are_one_clear_error(tmp_path):
+    """A partial entry keeps its method's default wrapper and target (an MAE entry without `model` must not train
+    RandSAC under the MAE label); a wrapper of the other objective, an unknown field or a missing file is refused."""
     import json
 
     import pytest
-    from ablation_grid import _load_recipes
+    from ablation_grid import MAE, RECIPES, load_recipes
 
     path = tmp_path / 'best.json'
-    path.write_text(json.dumps({'RandSAC': _recipes()['RandSAC']}))
-    with pytest.raises(SystemExit, match=r"no recipe for \['MAE'\]"):
-        _load_recipes(str(path))
-    with pytest.raises(SystemExit, match='cannot read it'):
-        _load_recipes(str(tmp_path / 'missing.json'))
+    path.write_text(json.dumps({'MAE': dict(mask_ratio=0.6)}))
+    recipes = load_recipes(str(path))
+    assert recipes['MAE'] == dict(RECIPES['MAE'], mask_ratio=0.6) and recipes['MAE']['model'] == MAE
+    assert recipes['RandSAC'] == RECIPES['RandSAC']
+    path.write_text(json.dumps({'MAE': dict(_recipes()['RandSAC'])}))
+    with pytest.raises(SystemExit, match='other objective'):
+        load_recipes(str(path))
+    path.write_text(json.dumps({'MAE': dict(mask_ratoi=0.6)}))
+    with pytest.raises(SystemExit, match='mask_ratoi'):
+        load_recipes(str(path))
+    with pytest.raises(SystemExit, match='no such file'):
+        load_recipes(str(tmp_path / 'missing.json'))
+
+
+def test_a_row_file_from_other_settings_is_refused_not_reused(tmp_path, monkeypatch):
+    """--recipes under a tag that holds the fair grid's rows must not report them as the recipe's."""
+    import json
+
+    import pytest
+    import ablation_grid
+    from ablation_grid import ROWS, _slug
+
+    row = next(r for r in ROWS if r['name'] == 'blob(7), norm-pix')
+    monkeypatch.setattr(ablation_grid, 'RESULTS', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    rows_dir = tmp_path / 'mixed'
+    rows_dir.mkdir()
+    (rows_dir / f'{_slug(row["name"])}-seed0.json').write_text(json.dumps(dict(row=row['name'], pretrain=row['pretrain'])))
+    recipes = tmp_path / 'best.json'
+    recipes.write_text(json.dumps({'RandSAC': dict(img_size=28)}))
+    with pytest.raises(SystemExit, match='other settings'):
+        ablation_grid.main(['--recipes', str(recipes), '--tag', 'mixed', '--rows', row['name'], '--seeds', '1'])
+
+
+def test_a_restarted_run_counts_only_its_last_attempt():
+    """A run killed before its first checkpoint starts again at step 0: the thrown-away attempt's time is not its."""
+    log = [_rec('start'), _rec('train', 5, 9),  # killed, nothing saved
+           dict(event='start', step=0), _rec('train', 3, 5), _rec('end', 4, 7)]
+    log[0]['step'] = 0
+    assert run_time(log) == (4, 7, True)

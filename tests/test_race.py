@@ -2,6 +2,8 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
 from race import _stats, budget_epochs, time_to  # noqa: E402
 
@@ -27,3 +29,49 @@ def test_budget_epochs_spend_the_budget_not_a_whole_number_of_epochs():
     assert round(epochs * 156) == 225 and 1.4 < epochs < 1.5
     assert round(budget_epochs(15, 3.18, 156) * 156) == 283
     assert budget_epochs(0.001, 4.0, 156) * 156 == 1  # at least one step
+
+
+def _args(**kw):
+    import argparse
+
+    values = dict(train_samples=60000, batch_size=128, blr=1.5e-3, data_dir=None, eval_train_samples=5000,
+                  eval_test_samples=2000, calibration_steps=12, budget_cpu_min=60.0, evals=8)
+    return argparse.Namespace(**dict(values, **kw))
+
+
+def test_calibration_is_measured_again_when_a_flag_changes_the_cost_per_step(tmp_path, monkeypatch):
+    """A calibration kept for batch 128 must not give a batch-256 run its rate (twice the steps, twice the budget)."""
+    import json
+
+    import race
+    import torch
+
+    key = f'MAE@{torch.get_num_threads()}threads'
+    recipes = {'MAE': race.RECIPES['MAE']}
+    settings = {k: v for k, v in race._values(_args(), 'MAE', recipes, 0, '').items()
+                if k not in ('seed', 'output_dir', 'data_dir')}
+    path = tmp_path / 'calibration.json'
+    path.write_text(json.dumps({key: dict(cpu_s_per_step=0.5, recipe=recipes['MAE'],
+                                          settings=json.loads(json.dumps(settings)))}))
+    trained = []
+    monkeypatch.setattr(race, '_train', lambda values: trained.append(values) or (_ for _ in ()).throw(
+        RuntimeError('calibrating')))
+    assert race.calibrate(_args(), recipes, str(path), str(tmp_path))[key]['cpu_s_per_step'] == 0.5
+    assert not trained
+    with pytest.raises(RuntimeError, match='calibrating'):
+        race.calibrate(_args(batch_size=256), recipes, str(path), str(tmp_path))
+    assert trained[0]['batch_size'] == 256
+
+
+def test_a_finished_run_from_other_settings_is_refused_not_reused(tmp_path):
+    import json
+
+    from race import check_reusable
+
+    values = dict(model='mae_pretrain_vit_micro_patch4_32', batch_size=128, epochs=3.5, data_dir='/a')
+    path = tmp_path / 'MAE-seed0.json'
+    assert not check_reusable(str(path), values)
+    path.write_text(json.dumps(dict(config=dict(values, data_dir='/b'))))  # the same data elsewhere: fine
+    assert check_reusable(str(path), values)
+    with pytest.raises(SystemExit, match='batch_size'):
+        check_reusable(str(path), dict(values, batch_size=256))

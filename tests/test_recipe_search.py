@@ -48,3 +48,31 @@ def test_combine_takes_the_best_value_of_each_knob_that_beat_the_base():
 
 def test_combine_is_skipped_when_nothing_beat_the_base():
     assert combine('MAE', _scores('MAE')) is None
+
+
+def test_a_search_where_no_knob_beat_the_base_is_complete_without_a_combined_trial():
+    from recipe_search import complete
+
+    assert complete('MAE', _scores('MAE'))
+    done = _scores('MAE', **{'input 28x28': 81.0})
+    assert not complete('MAE', done)  # a knob won: the combined trial is still to run
+    done[COMBINED] = dict(done['base'])
+    assert complete('MAE', done)
+
+
+def test_a_trial_file_from_another_recipe_or_budget_is_refused(tmp_path):
+    import json
+
+    from recipe_search import _done, _trial_path
+
+    base = next(t for t in trials('RandSAC') if t['name'] == 'base')
+    path = _trial_path(str(tmp_path), 'RandSAC', 'base')
+    with open(path, 'w') as f:
+        json.dump(dict(base=True, recipe=base['recipe'], budget_cpu_min=15.0, **{SCORE: 80.0}), f)
+    assert 'base' in _done(str(tmp_path), 'RandSAC', 15.0)
+    with pytest.raises(SystemExit, match='budget_cpu_min'):
+        _done(str(tmp_path), 'RandSAC', 30.0)
+    with open(path, 'w') as f:
+        json.dump(dict(recipe=dict(base['recipe'], segments='blob:7'), **{SCORE: 80.0}), f)
+    with pytest.raises(SystemExit, match='recipe'):
+        _done(str(tmp_path), 'RandSAC', 15.0)

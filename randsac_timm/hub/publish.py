@@ -32,6 +32,7 @@ from timm.models._hub import save_config_for_hf  # no public alias in 1.0.x; tim
 
 from ..eval.results import RESULT_KEYS
 from ..train.checkpoint import CheckpointError, atomic_write, export_encoder, load_pretrain_model
+from ..train.run_log import read_log
 from .loading import FULL_MODEL_FORMAT, load_encoder, load_pretrain_state, sha256_file
 from .model_card import RunRecord, render_card, run_from_packaged
 from .names import HUB_ORG, PACKAGED_WEIGHTS_DIR, hub_repo_id
@@ -95,8 +96,7 @@ def stock_model_args(encoder_name: str, encoder_kwargs: Dict[str, Any]) -> Tuple
 def _read_log(path: Optional[str]) -> List[Dict[str, Any]]:
     if not path or not os.path.isfile(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_log(path)
 
 
 def _read_results(path: str, known_sha256: Sequence[str]) -> Dict[str, Any]:

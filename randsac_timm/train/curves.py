@@ -14,13 +14,13 @@ evaluated at different rates compare fairly. Train records without `wall_time_s`
 recorded) are timed from their `images_per_s`; without `cpu_time_s`, the run has no CPU-time axis (None).
 """
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from .checkpoint import atomic_write
+from .run_log import read_log
 
 __all__ = ['RunCurves', 'read_curves', 'plot_curves', 'main']
 
@@ -107,8 +107,7 @@ def read_curves(path: str, label: Optional[str] = None) -> RunCurves:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'log {path} does not exist')
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_log(path)
     points: List[Dict[str, Any]] = []
     for segment in _segments(records):
         first = segment[0].get('step', 0)

@@ -13,7 +13,6 @@ batch order from `(seed, epoch)`, so a run killed at any point and resumed from 
 losses as one that never stopped.
 """
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -53,6 +52,7 @@ from .data import (
 )
 from .distributed import DistContext, bf16_autocast, init_distributed, select_attention_backends
 from .online_eval import EvalSchedule, OnlineEvaluator
+from .run_log import JsonlLog
 from .task import PretrainTask
 
 __all__ = ['train', 'TrainResult', 'NonFiniteLossError', 'build_pretrain_model']
@@ -80,34 +80,6 @@ class TrainResult:
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0  # this process's CPU time, user + system
     curves: Optional[str] = None  # training-curves.png, drawn when online evaluation is on
-
-
-class JsonlLog:
-    """Appends one JSON object per line to `log.jsonl` (primary process only), flushed at each record."""
-
-    def __init__(self, path: Optional[str]):
-        self.path = path
-
-    def write(self, **record: Any) -> None:
-        if self.path is None:
-            return
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-
-    def last(self, event: str, key: str) -> Optional[Any]:
-        """`key` of the last `event` record written so far (a resumed run's earlier records included), or None."""
-        if self.path is None or not os.path.exists(self.path):
-            return None
-        found = None
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # the half-written last line of a killed run
-                    continue
-                if record.get('event') == event and key in record:
-                    found = record[key]
-        return found
 
 
 def _objective_kwargs(cfg: PretrainConfig) -> Dict[str, Any]:
