@@ -87,8 +87,9 @@ def calibrate(args, recipes, path: str, work: str) -> Dict[str, Any]:
             continue
         out = os.path.join(work, f'calibrate-{method}')
         shutil.rmtree(out, ignore_errors=True)  # its log must hold this calibration's steps only
-        values = dict(_values(args, method, recipes, 0, out), max_steps=args.calibration_steps, log_every=1,
-                      auto_resume=False, save_every=0)
+        # epochs: enough that the step cap, not the end of a small subset's epoch, ends the calibration
+        values = dict(_values(args, method, recipes, 0, out), epochs=args.calibration_steps,
+                      max_steps=args.calibration_steps, log_every=1, auto_resume=False, save_every=0)
         result = _train(values)
         train = [r for r in read_log(result.log) if r['event'] == 'train']
         first, last = train[2], train[-1]  # the first steps warm up allocators and caches
@@ -165,7 +166,7 @@ def check_reusable(path: str, values: Dict[str, Any]) -> bool:
     done = _read(path)
     changed = same_settings(done.get('config', {}), values, ignore=('data_dir',)) if done else []
     if changed:
-        raise SystemExit(f'{path} ran with other settings ({", ".join(changed)} differ): give another --tag, or '
+        raise SystemExit(f'{path} ran with other settings (different {", ".join(changed)}): give another --tag, or '
                          f'delete it and its run folder to run it again')
     return done is not None
 
