@@ -431,7 +431,8 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
     lines = [
         f'Fashion-MNIST, `{ENCODER}` (28 -> 32 padded, 8x8 grid, unless the row says otherwise), xavier init, '
         f'{args.train_samples} pretraining images x {args.epochs:g} epoch(s), batch {args.batch_size}, blr {args.blr}, '
-        f'AdamW betas (0.9, 0.999){_recipe_text(args)}; probes on the official 10k test split: LARS = the paper\'s linear probe (fast '
+        f'AdamW betas (0.9, 0.999){_recipe_text(args)}; probes on the official 10k test split: LARS = the paper\'s '
+        f'linear probe (fast '
         f'mode, {args.probe_epochs} epochs), converged = L-BFGS logistic regression on the same features, best '
         f'block = the block with the best converged readout; {hardware}. Mean ± std over the seeds. '
         f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in args.argv)}`.',

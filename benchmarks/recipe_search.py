@@ -191,7 +191,8 @@ def write_table(args, rows_dir: str, argv: List[str]) -> None:
               'Δ converged vs base', 'kNN top-1', 'per-block converged']
     lines = [f'Recipe search, Fashion-MNIST, `randsac_vit_micro_patch4_32`, {args.budget_cpu_min} training '
              f'CPU-min per trial (steps from the calibrated CPU-s per step), {args.train_samples} '
-             f'pretraining images, seed {args.seed}, {args.threads} thread(s) per trial. Probes on the full official split: '
+             f'pretraining images, seed {args.seed}, {args.threads} thread(s) per trial. Probes on the full official '
+             f'split: '
              f'LARS (fast), converged L-BFGS of the last block (ranks the trials), per block, kNN (k=20, T=0.07). '
              f'Command: `python benchmarks/recipe_search.py {" ".join(shlex.quote(a) for a in argv)}`.', '']
     for size, f in sorted(floors.items()):

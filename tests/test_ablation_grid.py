@@ -132,7 +132,8 @@ def test_a_row_file_from_other_settings_is_refused_not_reused(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     rows_dir = tmp_path / 'mixed'
     rows_dir.mkdir()
-    (rows_dir / f'{_slug(row["name"])}-seed0.json').write_text(json.dumps(dict(row=row['name'], pretrain=row['pretrain'])))
+    fair_row = dict(row=row['name'], pretrain=row['pretrain'])
+    (rows_dir / f'{_slug(row["name"])}-seed0.json').write_text(json.dumps(fair_row))
     recipes = tmp_path / 'best.json'
     recipes.write_text(json.dumps({'RandSAC': dict(img_size=28)}))
     with pytest.raises(SystemExit, match='other settings'):
