@@ -150,14 +150,27 @@ def budget_epochs(budget_cpu_min: float, cpu_s_per_step: float, steps_per_epoch:
     return max(1, round(budget_cpu_min * 60 / cpu_s_per_step)) / steps_per_epoch
 
 
-def run_values(args, recipes, method: str, seed: int, work: str, calibration) -> Dict[str, Any]:
-    """The trainer values of one run: its recipe, and the epochs the CPU budget buys at the calibrated rate."""
-    rate = calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
-    values = _values(args, method, recipes, seed, os.path.join(work, f'{method}-seed{seed}'))
+def calibrated_rate(calibration: Dict[str, Any], method: str) -> float:
+    """`method`'s calibrated CPU-s per optimizer step at this process's thread count."""
+    return calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
+
+
+def budget_values(args, recipes, method: str, seed: int, out_dir: str, rate: float) -> Dict[str, Any]:
+    """The trainer values of one run sized to `--budget-cpu-min`: its recipe, the epochs `rate` (CPU-s per step)
+    buys, and a warmup of a tenth of them unless the recipe sets one. The race and the recipe search both size
+    their runs here."""
+    values = _values(args, method, recipes, seed, out_dir)
     steps_per_epoch = max(1, values['max_train_samples'] // values['batch_size'])
     epochs = budget_epochs(args.budget_cpu_min, rate, steps_per_epoch)
-    values.update(epochs=epochs, warmup_epochs=values.get('warmup_epochs') or epochs / 10,
-                  eval_every=epochs / args.evals, eval_lbfgs=True)
+    values.update(epochs=epochs, warmup_epochs=values.get('warmup_epochs') or epochs / 10)
+    return values
+
+
+def run_values(args, recipes, method: str, seed: int, work: str, calibration) -> Dict[str, Any]:
+    """The trainer values of one race run: sized to the budget, with `--evals` online evaluations."""
+    values = budget_values(args, recipes, method, seed, os.path.join(work, f'{method}-seed{seed}'),
+                           calibrated_rate(calibration, method))
+    values.update(eval_every=values['epochs'] / args.evals, eval_lbfgs=True)
     return values
 
 
@@ -173,7 +186,6 @@ def check_reusable(path: str, values: Dict[str, Any]) -> bool:
 
 def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, calibration) -> Dict[str, Any]:
     """Pretrain `method` for the CPU budget with online evaluation; its curve and times as the run's row file."""
-    rate = calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
     values = run_values(args, recipes, method, seed, work, calibration)
     out, epochs = values['output_dir'], values['epochs']
     result = _train(values)
@@ -181,7 +193,7 @@ def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, cal
     if any(t is None for t in curves.eval_cpu_s):
         raise SystemExit(f'{result.log} has evaluations without CPU times: delete {out} and run the race again')
     record = dict(method=method, seed=seed, recipe=recipes[method], epochs=epochs, steps=result.step,
-                  calibrated_cpu_s_per_step=rate, threads=torch.get_num_threads(),
+                  calibrated_cpu_s_per_step=calibrated_rate(calibration, method), threads=torch.get_num_threads(),
                   train_cpu_min=curves.train_cpu_s[-1] / 60, train_wall_min=curves.train_wall_s[-1] / 60,
                   eval_cpu_min=[t / 60 for t in curves.eval_cpu_s], eval_images=curves.eval_images,
                   knn_top1=curves.knn_top1, lbfgs_top1=curves.lbfgs_top1, final_loss=result.last_loss,
