@@ -43,7 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the grid's row-file I/O and its probe (LARS fast, converged, per block, kNN), the race's budget machinery
 from ablation_grid import (  # noqa: E402
     PROBE_KEYS, _fmt, _initial_encoder, _probe, _read, _slug, _write_row, run_time, same_settings)
-from race import RECIPES, _reap, _train, _values, add_runner_args, budget_epochs, calibrate, read_floors  # noqa: E402
+from race import (  # noqa: E402
+    RECIPES, _reap, _train, add_runner_args, budget_values, calibrate, calibrated_rate, read_floors)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
@@ -146,13 +147,10 @@ def run_trial(args, method: str, trial: Dict[str, Any], rows_dir: str, work: str
     """Pretrain one trial for the CPU budget, probe it on the full split; its row file."""
     key = f'{method}-{_slug(trial["name"])}'
     recipes = {key: trial['recipe']}
-    rate = calibrate(args, recipes, os.path.join(rows_dir, 'calibration', f'{key}.json'),
-                     work)[f'{key}@{torch.get_num_threads()}threads']['cpu_s_per_step']
+    rate = calibrated_rate(calibrate(args, recipes, os.path.join(rows_dir, 'calibration', f'{key}.json'), work), key)
     out = os.path.join(work, key)
-    values = _values(args, key, recipes, args.seed, out)
-    steps_per_epoch = max(1, values['max_train_samples'] // values['batch_size'])
-    epochs = budget_epochs(args.budget_cpu_min, rate, steps_per_epoch)
-    values.update(epochs=epochs, warmup_epochs=epochs / 10)
+    values = budget_values(args, recipes, key, args.seed, out, rate)
+    epochs = values['epochs']
     result = _train(values)
     wall, cpu, time_complete = run_time(read_log(result.log))
     probe = _probe(result.checkpoint, args.seed, args, os.path.join(out, 'probe'), pixels=False)
@@ -183,6 +181,21 @@ def pixel_floors(args, rows_dir: str, work: str) -> Dict[int, Dict[str, Any]]:
                                   **{k: probe.get(k) for k in PROBE_KEYS if 'pixel' in k}))
         floors[size] = _read(path)
     return floors
+
+
+def native_size_model(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """`recipe` with its wrapper renamed to the registered one whose own input size is the recipe's `img_size`
+    (`..._patch4_32` at 28 -> `..._patch4_28`), where such a wrapper exists: the same network, parameters and init
+    (the sin-cos positions are a buffer), so the run is the one the search measured, and the weights it makes are
+    published under the name of the size they take."""
+    import timm
+
+    size, model = recipe.get('img_size'), recipe.get('model')
+    stem, _, own = (model or '').rpartition('_')
+    renamed = f'{stem}_{size}'
+    if size is None or not own.isdigit() or int(own) == size or not timm.is_model(renamed):
+        return recipe
+    return dict(recipe, model=renamed)
 
 
 def write_table(args, rows_dir: str, argv: List[str]) -> None:
@@ -219,8 +232,8 @@ def write_table(args, rows_dir: str, argv: List[str]) -> None:
             winner = max(done.values(), key=lambda r: r[SCORE])
             # the search's own settings of the knobs the recipe did not change (its --batch-size, --blr, input
             # size), so the race and the grid train with what the search measured, whatever their own defaults
-            best_recipes[method] = dict({k: winner['config'][k] for k in EXPLICIT if k in winner['config']},
-                                        **winner['recipe'])
+            best_recipes[method] = native_size_model(dict(
+                {k: winner['config'][k] for k in EXPLICIT if k in winner['config']}, **winner['recipe']))
             everything['best'][method] = dict(trial=winner['trial'], score=winner[SCORE],
                                               recipe=best_recipes[method], complete=complete(method, done))
     lines += ['', 'Best per method (converged top-1): ' + '; '.join(

@@ -34,7 +34,8 @@ def _input(model, batch_size: int = 2) -> torch.Tensor:
 
 def test_registry_lists_every_encoder_and_wrapper():
     expected = {
-        'randsac_vit_micro_patch4_32', 'randsac_vit_tiny_patch4_32', 'randsac_vit_small_patch4_32',
+        'randsac_vit_micro_patch4_32', 'randsac_vit_micro_patch4_28', 'randsac_vit_tiny_patch4_32',
+        'randsac_vit_small_patch4_32',
         'randsac_vit_small_patch16_224', 'randsac_vit_base_patch16_224', 'randsac_vit_large_patch16_224',
         'randsac_vit_base',
     }
@@ -174,3 +175,19 @@ def test_in_chans_is_respected():
 def test_bad_encoder_config_raises_clear_error(bad):
     with pytest.raises(ValueError, match='img_size|class|divisible by 4'):
         timm.create_model('randsac_vit_micro_patch4_32', **bad)
+
+
+def test_micro_28_is_the_micro_encoder_on_the_native_7x7_grid():
+    native, padded = timm.create_model('randsac_vit_micro_patch4_28'), timm.create_model('randsac_vit_micro_patch4_32')
+    assert native.patch_embed.grid_size == (7, 7) and native.pretrained_cfg['input_size'] == (1, 28, 28)
+    # the same parameters (the sin-cos positions are a fixed buffer), so 32x32 weights load at 28x28 unchanged
+    shapes = lambda m: {k: v.shape for k, v in m.named_parameters()}  # noqa: E731
+    assert shapes(native) == shapes(padded)
+    moved = timm.create_model('randsac_vit_micro_patch4_28', pretrained=True,
+                              pretrained_cfg_overlay=dict(state_dict=padded.state_dict()))
+    assert torch.equal(moved.pos_embed, sincos_pos_embed((7, 7), moved.embed_dim))
+    torch.testing.assert_close(moved.blocks[-1].mlp.fc2.weight, padded.blocks[-1].mlp.fc2.weight)
+    wrapper = timm.create_model('randsac_pretrain_vit_micro_patch4_28')
+    assert wrapper.grid_size == (7, 7)
+    wrapper.segments.validate(wrapper.grid_size)  # the default blob:11-5 fits 49 tokens
+    assert timm.create_model('mae_pretrain_vit_micro_patch4_28').encoder.patch_embed.grid_size == (7, 7)

@@ -76,3 +76,23 @@ def test_a_trial_file_from_another_recipe_or_budget_is_refused(tmp_path):
         json.dump(dict(recipe=dict(base['recipe'], segments='blob:7'), **{SCORE: 80.0}), f)
     with pytest.raises(SystemExit, match='recipe'):
         _done(str(tmp_path), 'RandSAC', 15.0)
+
+
+@pytest.mark.parametrize('method', ['RandSAC', 'MAE'])
+def test_a_28x28_best_recipe_names_the_native_wrapper_and_builds_the_same_network(method):
+    import timm
+    import torch
+
+    recipe = dict(RECIPES[method], img_size=28)
+    renamed = recipe_search.native_size_model(recipe)
+    assert renamed['model'].endswith('_patch4_28') and renamed['img_size'] == 28
+    assert {k: v for k, v in renamed.items() if k != 'model'} == {k: v for k, v in recipe.items() if k != 'model'}
+    # the renamed wrapper is the network the search trained: same weights and buffers from the same seed
+    nets = []
+    for r in (recipe, renamed):
+        torch.manual_seed(0)
+        nets.append(timm.create_model(r['model'], img_size=28, in_chans=1).state_dict())
+    assert nets[0].keys() == nets[1].keys() and all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
+    # nothing to rename: the model's own size, or no wrapper registered at that size
+    assert recipe_search.native_size_model(dict(RECIPES[method], img_size=32)) == dict(RECIPES[method], img_size=32)
+    assert recipe_search.native_size_model(dict(RECIPES[method], img_size=48))['model'] == RECIPES[method]['model']

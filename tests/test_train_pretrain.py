@@ -20,6 +20,7 @@ from randsac_timm.train.config import (
     list_presets,
     load_yaml_config,
     parse_pretrain_args,
+    resolve_pretrain_config,
     resolve_preset,
 )
 from randsac_timm.train.distributed import select_attention_backends
@@ -284,9 +285,21 @@ def test_cli_overrides_yaml_and_accepts_mae_spellings(tmp_path):
 def test_every_preset_loads_and_names_a_registered_model(preset):
     values = load_yaml_config(resolve_preset(preset), PretrainConfig)
     cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    cfg = resolve_pretrain_config(cfg)
     assert cfg.model in timm.list_models('randsac_pretrain*')
     model = timm.create_model(cfg.model, img_size=cfg.img_size, **({'segments': cfg.segments} if cfg.segments else {}))
     model.segments.validate(model.grid_size)
+    assert cfg.img_size == timm.create_model(cfg.model).encoder.patch_embed.img_size[0]  # presets keep the model's size
+
+
+@pytest.mark.parametrize('model, img_size, expected', [
+    ('randsac_pretrain_vit_micro_patch4_32', None, 32), ('randsac_pretrain_vit_micro_patch4_28', None, 28),
+    ('mae_pretrain_vit_micro_patch4_28', None, 28), ('randsac_pretrain_vit_micro_patch4_28', 32, 32),
+])
+def test_default_img_size_is_the_models_own(model, img_size, expected):
+    # the default preset names _32; picking the _28 model must not leave a 32x32 input behind (nor override a flag)
+    argv = ['--model', model] + ([] if img_size is None else ['--img-size', str(img_size)])
+    assert resolve_pretrain_config(parse_pretrain_args(argv)).img_size == expected
 
 
 def test_cudnn_attention_stays_off_for_masked_cuda_training_unless_asked():

@@ -51,6 +51,7 @@ RUNTIME_KWARGS = ('attn_impl', 'attn_block_size')
 # The stock timm name config.json gives each encoder: the closest width; `model_args` fix every size that differs.
 STOCK_ARCHITECTURES = {
     'randsac_vit_micro_patch4_32': 'vit_tiny_patch16_224',
+    'randsac_vit_micro_patch4_28': 'vit_tiny_patch16_224',
     'randsac_vit_tiny_patch4_32': 'vit_tiny_patch16_224',
     'randsac_vit_small_patch4_32': 'vit_small_patch16_224',
     'randsac_vit_small_patch16_224': 'vit_small_patch16_224',

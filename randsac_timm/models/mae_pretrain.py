@@ -284,6 +284,11 @@ def mae_pretrain_vit_micro_patch4_32(pretrained: bool = False, **kwargs: Any) ->
 
 
 @register_model
+def mae_pretrain_vit_micro_patch4_28(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
+    return _entry('mae_pretrain_vit_micro_patch4_28', pretrained, kwargs)
+
+
+@register_model
 def mae_pretrain_vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> MAEPretrain:
     return _entry('mae_pretrain_vit_tiny_patch4_32', pretrained, kwargs)
 

@@ -37,6 +37,8 @@ __all__ = [
 PRETRAIN_ARGS: Dict[str, Dict[str, Any]] = {
     'randsac_vit_micro_patch4_32': dict(  # ours, CPU-sized
         decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, segments='blob:11-5'),
+    'randsac_vit_micro_patch4_28': dict(  # the same at the native 28x28 (49 tokens: 11 and 5 blobs still fit)
+        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, segments='blob:11-5'),
     'randsac_vit_tiny_patch4_32': dict(
         decoder_embed_dim=192, decoder_depth=3, decoder_num_heads=3, segments='blob:11-5'),
     'randsac_vit_small_patch4_32': dict(

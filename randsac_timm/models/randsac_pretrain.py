@@ -278,6 +278,11 @@ def randsac_pretrain_vit_micro_patch4_32(pretrained: bool = False, **kwargs: Any
 
 
 @register_model
+def randsac_pretrain_vit_micro_patch4_28(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
+    return _entry('randsac_pretrain_vit_micro_patch4_28', pretrained, kwargs)
+
+
+@register_model
 def randsac_pretrain_vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> RandSACPretrain:
     return _entry('randsac_pretrain_vit_tiny_patch4_32', pretrained, kwargs)
 

@@ -172,6 +172,9 @@ _BASE_CFGS: Dict[str, Dict[str, Any]] = {
     # CPU-sized encoder, defaults to Fashion-MNIST (1 channel, padded 28 -> 32)
     'randsac_vit_micro_patch4_32': _cfg(
         num_classes=10, input_size=(1, 32, 32), crop_pct=1.0, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD),
+    # the same encoder at Fashion-MNIST's native 28x28 (a 7x7 grid, no padding)
+    'randsac_vit_micro_patch4_28': _cfg(
+        num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD),
     'randsac_vit_tiny_patch4_32': _cifar_cfg(),
     'randsac_vit_small_patch4_32': _cifar_cfg(),
     'randsac_vit_small_patch16_224': _cfg(),
@@ -271,6 +274,7 @@ def _create_randsac_vit(variant: str, pretrained: bool = False, **kwargs: Any) -
 ENCODER_ARGS: Dict[str, Dict[str, Union[int, float]]] = {
     # ours: 6 x 128d, small enough for minutes of pretraining on 2 CPU cores (DESIGN.md section 9)
     'randsac_vit_micro_patch4_32': dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
+    'randsac_vit_micro_patch4_28': dict(img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4),
     'randsac_vit_tiny_patch4_32': dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3),
     'randsac_vit_small_patch4_32': dict(img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6),
     'randsac_vit_small_patch16_224': dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
@@ -288,6 +292,12 @@ def _entry(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> RandSACVision
 def randsac_vit_micro_patch4_32(pretrained: bool = False, **kwargs: Any) -> RandSACVisionTransformer:
     """ViT-Micro (6 x 128d, 4 heads), 4x4 patches at 32x32: the CPU-sized encoder."""
     return _entry('randsac_vit_micro_patch4_32', pretrained, kwargs)
+
+
+@register_model
+def randsac_vit_micro_patch4_28(pretrained: bool = False, **kwargs: Any) -> RandSACVisionTransformer:
+    """ViT-Micro at Fashion-MNIST's native 28x28 (7x7 grid of 4x4 patches): the same weights' shapes as _32."""
+    return _entry('randsac_vit_micro_patch4_28', pretrained, kwargs)
 
 
 @register_model

@@ -52,7 +52,9 @@ class PretrainConfig:
     # data
     dataset: str = 'fashion_mnist'
     data_dir: Optional[str] = None
-    img_size: int = 32  # Fashion-MNIST: 32 pads 28 -> 32 (8x8 grid, the paper's), 28 is native (7x7 grid, no padding)
+    # None = the model's own input size (32 for *_patch4_32, 28 for *_patch4_28, 224 for *_patch16_224); Fashion-MNIST
+    # at 32 is padded 28 -> 32 (8x8 grid, the paper's), at 28 it is native (7x7 grid, no padding)
+    img_size: Optional[int] = None
     crop_scale: Tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range (the paper's); 0 < lo <= hi <= 1
     max_train_samples: Optional[int] = None  # a seeded subset of the training split, for short runs
     download: bool = False  # torchvision download when online (CIFAR, Fashion-MNIST)
@@ -268,6 +270,17 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
         if dim and heads and dim % heads:
             raise ValueError(f'--decoder-embed-dim {dim} is not divisible by --decoder-num-heads {heads}: give a width '
                              f'that is a multiple of the head count (or set --decoder-num-heads)')
+
+
+def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
+    """`cfg` with its defaults that depend on the model filled in: `img_size` None becomes the encoder's own input
+    size, so a run (its data, checkpoint and log) always records the size it trained at."""
+    if cfg.img_size is not None:
+        return cfg
+    from randsac_timm.models.randsac_vit import ENCODER_ARGS
+
+    encoder = 'randsac_' + cfg.model.split('_pretrain_', 1)[1]
+    return dataclasses.replace(cfg, img_size=int(ENCODER_ARGS[encoder]['img_size']))
 
 
 def run_cli(prog: str, main: Callable[[], Any], user_errors: Tuple[Type[BaseException], ...] = ()) -> int:

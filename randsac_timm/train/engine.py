@@ -38,7 +38,7 @@ from .checkpoint import (
     prune_checkpoints,
     rng_state,
 )
-from .config import PretrainConfig, check_pretrain_config
+from .config import PretrainConfig, check_pretrain_config, resolve_pretrain_config
 from .data import (
     SeededAugmentation,
     build_dataset,
@@ -99,7 +99,8 @@ def _factory_kwargs(cfg: PretrainConfig, in_chans: int) -> Dict[str, Any]:
     """The wrapper factory's kwargs for this run: input, target, drop path, objective options, decoder sizes."""
     names = ('decoder_embed_dim', 'decoder_depth', 'decoder_num_heads')  # unset ones stay the wrapper's
     decoder_sizes = {name: getattr(cfg, name) for name in names if getattr(cfg, name) is not None}
-    return dict(img_size=cfg.img_size, in_chans=in_chans, norm_pix=cfg.norm_pix_loss, drop_path_rate=cfg.drop_path,
+    input_size = {} if cfg.img_size is None else dict(img_size=cfg.img_size)  # None: the model's own
+    return dict(**input_size, in_chans=in_chans, norm_pix=cfg.norm_pix_loss, drop_path_rate=cfg.drop_path,
                 **_objective_kwargs(cfg), **decoder_sizes)
 
 
@@ -575,6 +576,7 @@ def train(cfg: PretrainConfig) -> TrainResult:
 
 def _train(cfg: PretrainConfig, ctx: DistContext, clock: Clock) -> TrainResult:
     check_pretrain_config(cfg)  # before anything is read or written
+    cfg = resolve_pretrain_config(cfg)
     if ctx.is_primary:
         os.makedirs(cfg.output_dir, exist_ok=True)
     log = JsonlLog(os.path.join(cfg.output_dir, 'log.jsonl') if ctx.is_primary else None)
