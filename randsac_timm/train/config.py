@@ -223,7 +223,8 @@ def make_config(cls: Type[C], values: Dict[str, Any]) -> C:
 
 def parse_pretrain_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
     parser = build_parser(PretrainConfig, 'RandSAC pretraining (timm plugin). Without --config it runs the '
-                                          f'default CPU preset {DEFAULT_PRETRAIN_PRESET!r} on Fashion-MNIST.')
+                                          f'default CPU preset {DEFAULT_PRETRAIN_PRESET!r} on Fashion-MNIST.',
+                          {'img_size': "default: the model's own input size (32 for *_patch4_32, 28 for *_patch4_28)"})
     args = parser.parse_args(argv)
     return config_from_args(PretrainConfig, args, default_preset=DEFAULT_PRETRAIN_PRESET)
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..eval.config import LinearProbeConfig
 from ..eval.converged_probe import readout_top1
 from ..eval.linear_probe import extract_features, knn_scores, mean_token_features, topk_accuracy
-from .config import PretrainConfig
+from .config import PretrainConfig, resolve_pretrain_config
 from .data import build_dataset, build_eval_transform, dataset_num_classes, dataset_pad_to, dataset_stats
 
 __all__ = ['EvalSchedule', 'OnlineEvaluator']
@@ -69,6 +69,7 @@ class OnlineEvaluator:
     """
 
     def __init__(self, cfg: PretrainConfig, device: torch.device):
+        cfg = resolve_pretrain_config(cfg)  # a cfg straight from the parser leaves the input size to the model
         mean, std = dataset_stats(cfg.dataset)
         transform = build_eval_transform(cfg.img_size, mean, std, pad_to=dataset_pad_to(cfg.dataset, cfg.img_size))
         splits = {}
