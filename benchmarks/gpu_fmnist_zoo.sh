@@ -43,7 +43,7 @@ step() {
 # one YAML per run: the 6-epoch zoo preset (full split, batch 256), the method's recipe on top (the search writes
 # its batch, blr and input size into it, so those are what the search measured), this run's size
 python3 - "$RECIPES" "$RUNS" "$DEVICE" "$MICRO_EPOCHS" "$TINY_EPOCHS" <<'PY'
-import json, os, sys
+import json, os, re, sys
 import yaml
 sys.path.insert(0, 'benchmarks')
 from ablation_grid import RECIPES, load_recipes
@@ -60,7 +60,10 @@ for method, recipe in recipes.items():
                       save_every=0, vis_every=0, log_every=50, progress=False, output_dir=f'{runs}/{size}-{method}')
         if size == 'tiny':  # ViT-Tiny keeps its own decoder (the micro decoder's width need not fit its heads)
             values = {k: v for k, v in values.items() if not k.startswith('decoder_') or k == 'decoder'}
-            values.update(model=values['model'].replace('vit_micro', 'vit_tiny'), amp=device == 'cuda')
+            # the tiny wrapper of the same objective; the recipe's img_size stays (a 28x28 micro recipe names
+            # the _patch4_28 wrapper, and ViT-Tiny is registered at 32 only: img_size=28 gives it the 7x7 grid)
+            values.update(model=re.sub(r'vit_micro_patch4_\d+', 'vit_tiny_patch4_32', values['model']),
+                          amp=device == 'cuda')
         yaml.safe_dump(values, open(f'{runs}/{size}-{method}.yaml', 'w'))
 PY
 
