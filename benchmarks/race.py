@@ -2,12 +2,12 @@
 
     python benchmarks/race.py                                 # 2 seeds x 2 methods x 60 CPU-min, resumable
     python benchmarks/race.py --budget-cpu-min 5 --train-samples 5000 --seeds 1 --tag race_smoke
-    python benchmarks/race.py --recipes recipes.json          # the recipe search's best settings per method
+    python benchmarks/race.py --recipes recipes.json          # the recipe search's best settings (tag race_recipe)
     python benchmarks/race.py --table-only                    # the table and plot from the runs finished so far
 
-Each method pretrains `randsac_vit_micro_patch4_32` for the same CPU budget, with its own recipe (default: the
-ablation grid's fair settings, shared by both: xavier init, normalised-pixel target, AdamW betas (0.9, 0.999),
-blr 1.5e-3, batch 128, the full training split). The budget becomes each method's epoch count from its measured
+Each method pretrains the micro encoder (`randsac_vit_micro_patch4_32`, or `_patch4_28` for a 28x28 recipe) for the
+same CPU budget, with its own recipe (default: the ablation grid's fair settings, shared by both: xavier init,
+normalised-pixel target, AdamW betas (0.9, 0.999), blr 1.5e-3, batch 128, the full training split). The budget becomes each method's epoch count from its measured
 CPU-s per step (a short calibration run, same thread count), as many optimizer steps as the budget buys, fractions of
 an epoch allowed (`budget_epochs`), so each cosine schedule ends at the budget; every run reports the CPU time it
 actually used.
@@ -308,12 +308,12 @@ def add_runner_args(parser: argparse.ArgumentParser, tag: str, unit: str) -> Non
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads per run')
     parser.add_argument('--parallel', type=int, default=2, help='runs at once')
     parser.add_argument('--data-dir', default=None)
-    parser.add_argument('--tag', default=tag)
+    parser.add_argument('--tag', default=tag, help=f'results name (default: {tag})')
     parser.add_argument('--table-only', action='store_true')
     parser.add_argument('--worker', nargs=2, metavar=('METHOD', unit), help=argparse.SUPPRESS)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--budget-cpu-min', type=float, default=60.0, help='training CPU-minutes per run')
     parser.add_argument('--seeds', type=int, default=2)
@@ -329,6 +329,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--thresholds', type=float, nargs='+', default=[75.0, 80.0, 84.6])
     add_runner_args(parser, 'race', 'SEED')
     args = parser.parse_args(argv)
+    if args.recipes and args.tag == 'race':  # a recipe race never reuses (or overwrites) the default race's runs
+        args.tag = 'race_recipe'
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != '--table-only']
     for name in ('budget_cpu_min', 'evals', 'threads', 'parallel', 'seeds', 'calibration_steps'):
         if not getattr(args, name) > 0 or (name == 'calibration_steps' and args.calibration_steps < 4):

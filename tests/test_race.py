@@ -75,3 +75,11 @@ def test_a_finished_run_from_other_settings_is_refused_not_reused(tmp_path):
     assert check_reusable(str(path), values)
     with pytest.raises(SystemExit, match='batch_size'):
         check_reusable(str(path), dict(values, batch_size=256))
+
+
+def test_a_recipe_race_gets_its_own_tag_unless_one_is_given():
+    import race
+
+    assert race.parse_args([]).tag == 'race'
+    assert race.parse_args(['--recipes', 'best.json']).tag == 'race_recipe'
+    assert race.parse_args(['--recipes', 'best.json', '--tag', 'mine']).tag == 'mine'
