@@ -2,7 +2,7 @@
 # Issue 17 item 5: turn one finished Fashion-MNIST pretraining run into the packaged `.fmnist` weights, with cards
 # made from its own measurements (nothing typed by hand):
 #   1. the full-split probe of its encoder (eval_linear.py --fast: LARS, converged L-BFGS readout, per block, kNN,
-#      and the raw-pixel floor on the same split) -> RUN/probe/results.json;
+#      and the raw-pixel floor on the same split) -> RUN/package-probe/results.json;
 #   2. `hub package` of the encoder and of the full pretraining model (decoder included) into
 #      randsac_timm/hub/weights/ (named after the run's wrapper: a 28x28 run of randsac_pretrain_vit_micro_patch4_28
 #      gives randsac_vit_micro_patch4_28.fmnist and leaves the older _patch4_32.fmnist tag as it is);
@@ -24,8 +24,8 @@ if [ ! -f "$CHECKPOINT" ]; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY eval_linear.py --checkpoint "$CHECKPOINT" --fast --pixel-baselines --no-progress \
-  --output-dir "$RUN/probe" ${DATA:+--data-dir "$DATA"} ${PROBE_ARGS:-}
-$PY -m randsac_timm.hub package "$CHECKPOINT" --results "$RUN/probe/results.json" --tag "$TAG"
+  --output-dir "$RUN/package-probe" ${DATA:+--data-dir "$DATA"} ${PROBE_ARGS:-}
+$PY -m randsac_timm.hub package "$CHECKPOINT" --results "$RUN/package-probe/results.json" --tag "$TAG"
 $PY -m randsac_timm.hub package "$CHECKPOINT" --full --tag "$TAG"
 # the names the two packages took: the wrapper the checkpoint was written by, and its encoder
 WRAPPER=$($PY -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['model_name'])" \
@@ -34,4 +34,4 @@ ENCODER=randsac_${WRAPPER#*_pretrain_}
 for name in "$ENCODER.$TAG" "$WRAPPER.$TAG"; do
   $PY -m randsac_timm.hub card "randsac_timm/hub/weights/$name.json" "docs/model_cards/$name.md"
 done
-echo "packaged $ENCODER.$TAG and $WRAPPER.$TAG; probe: $RUN/probe/results.json"
+echo "packaged $ENCODER.$TAG and $WRAPPER.$TAG; probe: $RUN/package-probe/results.json"

@@ -167,6 +167,26 @@ def test_packaged_weights_register_a_tag_that_loads_from_its_file_offline(run, t
         timm.create_model(ENCODER, pretrained=True)
 
 
+def test_a_tag_trained_at_another_input_size_builds_at_that_size(tmp_path, restore_registry):
+    # a 28x28 run of the _patch4_32 encoder, packaged under that encoder's name: `pretrained=True` must give the
+    # 7x7-grid model its weights and its cfg describe, not a 32x32 model that rejects the cfg's own input size
+    from randsac_timm.train.config import parse_pretrain_args
+    from randsac_timm.train.engine import train
+
+    result = train(parse_pretrain_args([
+        '--img-size', '28', '--max-steps', '2', '--max-train-samples', '64', '--batch-size', '16', '--workers', '0',
+        '--no-progress', '--vis-every', '0', '--output-dir', str(tmp_path / 'run')]))
+    package(result.checkpoint, tag='unittest28', out_dir=str(tmp_path / 'weights'))
+    register_packaged_weights(str(tmp_path / 'weights'))
+    model = timm.create_model(f'{ENCODER}.unittest28', pretrained=True).eval()
+    assert model.patch_embed.img_size == (28, 28) and model.pretrained_cfg['input_size'] == (1, 28, 28)
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), load_pretrain_model(result.checkpoint)[0].encoder.eval()(x))
+    # a size the caller asks for still wins (the sin-cos table is recomputed for its grid)
+    assert timm.create_model(f'{ENCODER}.unittest28', pretrained=True, img_size=32).patch_embed.img_size == (32, 32)
+
+
 def test_packaged_tag_is_absent_without_its_files(tmp_path):
     assert packaged_weight_cfgs(str(tmp_path / 'missing')) == {}
     (tmp_path / f'{ENCODER}.{TEST_TAG}.safetensors').write_bytes(b'')  # no .json beside it

@@ -249,7 +249,13 @@ def _missing_weights_message(variant: str, tag: Optional[str]) -> str:
         f'`python -m randsac_timm.hub package ...`; see docs/model_zoo.md. Use pretrained=False for random init.')
 
 
-def _create_randsac_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> RandSACVisionTransformer:
+def _create_randsac_vit(variant: str, pretrained: bool = False, defaults: Optional[Dict[str, Any]] = None,
+                        **kwargs: Any) -> RandSACVisionTransformer:
+    """Build `variant` from its `defaults` (ENCODER_ARGS) under the caller's `kwargs`. A pretrained tag whose
+    weights were trained at another input size than the variant's (a 28x28 run of `_patch4_32`, packaged) builds at
+    that size unless the caller gives `img_size`: its cfg's `input_size` then describes the model it returns."""
+    given = set(kwargs)
+    kwargs = dict(defaults or {}, **kwargs)
     if pretrained:
         # timm itself only says "No pretrained weights exist"; name the tags that do and how to make the missing one
         asked = kwargs.get('pretrained_cfg')
@@ -259,6 +265,10 @@ def _create_randsac_vit(variant: str, pretrained: bool = False, **kwargs: Any) -
             raise RuntimeError(_missing_weights_message(variant, asked)) from e
         if not (cfg.state_dict or cfg.has_weights):
             raise RuntimeError(_missing_weights_message(variant, asked if isinstance(asked, str) else cfg.tag))
+        # (timm's own ViTs keep the variant's size and only report the cfg's; ours follow the weights)
+        if 'img_size' not in given and cfg.input_size:
+            height, width = cfg.input_size[-2:]
+            kwargs['img_size'] = height if height == width else (height, width)
     out_indices = kwargs.pop('out_indices', 3)
     return build_model_with_cfg(
         RandSACVisionTransformer,
@@ -285,7 +295,7 @@ ENCODER_ARGS: Dict[str, Dict[str, Union[int, float]]] = {
 
 
 def _entry(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> RandSACVisionTransformer:
-    return _create_randsac_vit(name, pretrained=pretrained, **dict(ENCODER_ARGS[name], **kwargs))
+    return _create_randsac_vit(name, pretrained=pretrained, defaults=ENCODER_ARGS[name], **kwargs)
 
 
 @register_model
