@@ -8,7 +8,7 @@
 #      disjoint rows (the epochs, the same for every row, chosen so a RandSAC row costs about $GRID_CPU_MIN
 #      CPU-minutes), then its table.
 #   nohup bash benchmarks/issue17_cpu.sh > output/issue17.log 2>&1 &
-# Nothing else should run beside it: CPU time per step rises by 10-15 % when another process shares the cores
+# Nothing else should run beside it: CPU time per step rose by 15-19 % when another process shared the cores
 # (measured: a resumed search trial while the test suite ran), which the budgets do not see.
 set -euo pipefail
 PY=${PY:-python}
