@@ -28,8 +28,8 @@ $PY eval_linear.py --checkpoint "$CHECKPOINT" --fast --pixel-baselines --no-prog
 $PY -m randsac_timm.hub package "$CHECKPOINT" --results "$RUN/package-probe/results.json" --tag "$TAG"
 $PY -m randsac_timm.hub package "$CHECKPOINT" --full --tag "$TAG"
 # the names the two packages took: the wrapper the checkpoint was written by, and its encoder
-WRAPPER=$($PY -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['model_name'])" \
-  "$CHECKPOINT")
+WRAPPER=$($PY -c "import sys; from randsac_timm.train.checkpoint import load_checkpoint
+print(load_checkpoint(sys.argv[1])['model_name'])" "$CHECKPOINT")
 ENCODER=randsac_${WRAPPER#*_pretrain_}
 for name in "$ENCODER.$TAG" "$WRAPPER.$TAG"; do
   $PY -m randsac_timm.hub card "randsac_timm/hub/weights/$name.json" "docs/model_cards/$name.md"

@@ -50,7 +50,7 @@ from ablation_grid import RECIPES, load_recipes
 from randsac_timm.train.config import load_yaml_config, resolve_preset, PretrainConfig
 path, runs, device, micro_epochs, tiny_epochs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 recipes = load_recipes(path) if os.path.isfile(path) else dict(RECIPES)  # each entry over the method's default
-print('recipes from', path if os.path.isfile(path) else 'race.RECIPES (no search results yet)', json.dumps(recipes))
+print('recipes from', path if os.path.isfile(path) else 'ablation_grid.RECIPES (no search results yet)', json.dumps(recipes))
 base = load_yaml_config(resolve_preset('fmnist_micro_cpu_bench'), PretrainConfig)
 for method, recipe in recipes.items():
     for size, epochs in (('micro', micro_epochs), ('tiny', tiny_epochs)):

@@ -13,6 +13,7 @@
 set -euo pipefail
 PY=${PY:-python}
 GRID_CPU_MIN=${GRID_CPU_MIN:-45}
+TRAIN_SAMPLES=60000  # the grid's pretraining images: the full training split
 BEST=benchmarks/results/recipe_search-best.json
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p output
@@ -37,16 +38,16 @@ if [ ! -f "$RUN/packaged" ]; then
 fi
 
 # grid epochs: the RandSAC recipe's calibrated CPU-s per step (the race's calibration) sized to GRID_CPU_MIN
-EPOCHS=$($PY - "$BEST" "$GRID_CPU_MIN" <<'PY'
-import json, sys, torch
-best, minutes = json.load(open(sys.argv[1]))['RandSAC'], float(sys.argv[2])
+EPOCHS=$($PY - "$BEST" "$GRID_CPU_MIN" "$TRAIN_SAMPLES" <<'PY'
+import json, sys
+best, minutes, samples = json.load(open(sys.argv[1]))['RandSAC'], float(sys.argv[2]), int(sys.argv[3])
 rate = json.load(open('benchmarks/results/race_recipe/calibration.json'))['RandSAC@1threads']['cpu_s_per_step']
-steps_per_epoch = 60000 // best.get('batch_size', 128)
+steps_per_epoch = samples // best.get('batch_size', 128)
 print(round(minutes * 60 / rate / steps_per_epoch, 2))
 PY
 )
 echo "grid: $EPOCHS epochs per row (about $GRID_CPU_MIN CPU-min per RandSAC row)"
-GRID=(benchmarks/ablation_grid.py --recipes "$BEST" --train-samples 60000 --epochs "$EPOCHS" --threads 1)
+GRID=(benchmarks/ablation_grid.py --recipes "$BEST" --train-samples "$TRAIN_SAMPLES" --epochs "$EPOCHS" --threads 1)
 # the equal-time MAE row needs its two reference rows: all three in the first process, in that order (the two
 # processes run side by side throughout, so both see the same busy machine)
 $PY "${GRID[@]}" --rows 'blob 11->5 (skips)' 'MAE 75%' 'MAE 75%, RandSAC CPU time' \

@@ -7,10 +7,10 @@
 
 Each method pretrains the micro encoder (`randsac_vit_micro_patch4_32`, or `_patch4_28` for a 28x28 recipe) for the
 same CPU budget, with its own recipe (default: the ablation grid's fair settings, shared by both: xavier init,
-normalised-pixel target, AdamW betas (0.9, 0.999), blr 1.5e-3, batch 128, the full training split). The budget becomes each method's epoch count from its measured
-CPU-s per step (a short calibration run, same thread count), as many optimizer steps as the budget buys, fractions of
-an epoch allowed (`budget_epochs`), so each cosine schedule ends at the budget; every run reports the CPU time it
-actually used.
+normalised-pixel target, AdamW betas (0.9, 0.999), blr 1.5e-3, batch 128, the full training split). The budget
+becomes each method's epoch count from its measured CPU-s per step (a short calibration run, same thread count):
+as many optimizer steps as the budget buys, fractions of an epoch allowed (`budget_epochs`), so each cosine
+schedule ends at the budget; every run reports the CPU time it actually used.
 
 During training the online evaluation (`--eval-every`, with the converged L-BFGS readout) scores the encoder on
 fixed seeded subsets (bank: `--eval-train-samples` of the train split, queries: `--eval-test-samples` of the test
