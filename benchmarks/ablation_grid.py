@@ -188,6 +188,19 @@ def _pretrain(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Opt
                 images_per_s=statistics.mean(ips) if ips else None, config=values)
 
 
+def invocations(records: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
+    """A run's log split by process invocation: each opens with `start`, or with `resume` (written just before
+    its `start`); a killed and resumed run has several."""
+    found: List[List[Dict[str, Any]]] = []
+    previous = None
+    for record in records:
+        if not found or record['event'] == 'resume' or (record['event'] == 'start' and previous != 'resume'):
+            found.append([])
+        previous = record['event']
+        found[-1].append(record)
+    return found
+
+
 def run_time(records: List[Dict[str, Any]]) -> Tuple[float, float, bool]:
     """(wall-clock s, CPU s, complete) of a run's log, summed over its invocations (a resumed row has several).
 
@@ -196,17 +209,9 @@ def run_time(records: List[Dict[str, Any]]) -> Tuple[float, float, bool]:
     invocation that starts at step 0 after others (a run killed before its first checkpoint, started again)
     replaces them: their steps were thrown away.
     """
-    invocations: List[List[Dict[str, Any]]] = []
-    previous = None
-    for record in records:
-        # an invocation opens with `start`, or with `resume` (written just before its `start`)
-        if not invocations or record['event'] == 'resume' or (record['event'] == 'start' and previous != 'resume'):
-            invocations.append([])
-        previous = record['event']
-        invocations[-1].append(record)
     wall = cpu = 0.0
     complete = True
-    for invocation in invocations:
+    for invocation in invocations(records):
         if invocation[0]['event'] == 'start' and invocation[0].get('step') == 0:
             wall, cpu, complete = 0.0, 0.0, True  # started again from scratch (killed before a checkpoint)
         timed = [r for r in invocation if r.get('cpu_time_s') is not None]
