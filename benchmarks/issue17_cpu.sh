@@ -41,7 +41,7 @@ fi
 EPOCHS=$($PY - "$BEST" "$GRID_CPU_MIN" "$TRAIN_SAMPLES" <<'PY'
 import json, sys
 best, minutes, samples = json.load(open(sys.argv[1]))['RandSAC'], float(sys.argv[2]), int(sys.argv[3])
-rate = json.load(open('benchmarks/results/race_recipe/calibration.json'))['RandSAC@1threads']['cpu_s_per_step']
+rate = json.load(open('benchmarks/results/race_recipe/calibration/RandSAC.json'))['RandSAC@1threads']['cpu_s_per_step']
 steps_per_epoch = samples // best.get('batch_size', 128)
 print(round(minutes * 60 / rate / steps_per_epoch, 2))
 PY

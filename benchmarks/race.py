@@ -8,9 +8,11 @@
 Each method pretrains the micro encoder (`randsac_vit_micro_patch4_32`, or `_patch4_28` for a 28x28 recipe) for the
 same CPU budget, with its own recipe (default: the ablation grid's fair settings, shared by both: xavier init,
 normalised-pixel target, AdamW betas (0.9, 0.999), blr 1.5e-3, batch 128, the full training split). The budget
-becomes each method's epoch count from its measured CPU-s per step (a short calibration run, same thread count):
-as many optimizer steps as the budget buys, fractions of an epoch allowed (`budget_epochs`), so each cosine
-schedule ends at the budget; every run reports the CPU time it actually used.
+becomes each method's epoch count from its measured CPU-s per step (a short calibration run, same thread count,
+run by the first worker of that method, so the two methods calibrate side by side as they then train: a rate
+measured on an idle machine would undercount the shared cores' slowdown): as many optimizer steps as the budget
+buys, fractions of an epoch allowed (`budget_epochs`), so each cosine schedule ends at the budget; every run
+reports the CPU time it actually used.
 
 During training the online evaluation (`--eval-every`, with the converged L-BFGS readout) scores the encoder on
 fixed seeded subsets (bank: `--eval-train-samples` of the train split, queries: `--eval-test-samples` of the test
@@ -25,7 +27,7 @@ full split) and the raw pixels' own kNN and L-BFGS scores on the same subsets an
 (`pixels-<img_size>.json`: a recipe with the native 28x28 input is held to the 28x28 pixels, a padded one to 32x32).
 
 Outputs: `benchmarks/results/<tag>/<method>-seed<N>.json` per finished run (resumable run by run; an unfinished run
-resumes from its checkpoint), `calibration.json`, `pixels-<img_size>.json`, then `benchmarks/results/<tag>.md` (table),
+resumes from its checkpoint), `calibration/<method>.json`, `pixels-<img_size>.json`, then `benchmarks/results/<tag>.md` (table),
 `<tag>.json` and `<tag>.png` (accuracy against CPU-minutes, both methods, every seed). Runs live in
 `output/race/<tag>/` (not committed).
 """
@@ -174,6 +176,18 @@ def run_values(args, recipes, method: str, seed: int, work: str, calibration) ->
     return values
 
 
+def finished(args, recipes, method: str, seed: int, rows_dir: str, work: str) -> bool:
+    """Whether this run's row file exists and ran with today's settings (at the rate kept when it ran)."""
+    path = os.path.join(rows_dir, f'{method}-seed{seed}.json')
+    if not os.path.exists(path):
+        return False
+    calibration = _read(calibration_path(rows_dir, method))
+    if not calibration:
+        raise SystemExit(f'{path} has no calibration beside it ({calibration_path(rows_dir, method)}): delete it and '
+                         f'its run folder to run it again')
+    return check_reusable(path, run_values(args, recipes, method, seed, work, calibration))
+
+
 def check_reusable(path: str, values: Dict[str, Any]) -> bool:
     """Whether the finished run at `path` exists; refuses (one line) one that ran with other settings."""
     done = _read(path)
@@ -184,8 +198,15 @@ def check_reusable(path: str, values: Dict[str, Any]) -> bool:
     return done is not None
 
 
-def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str, calibration) -> Dict[str, Any]:
-    """Pretrain `method` for the CPU budget with online evaluation; its curve and times as the run's row file."""
+def calibration_path(rows_dir: str, method: str) -> str:
+    """One file per method: the two methods' first workers calibrate at the same time, each writing its own."""
+    return os.path.join(rows_dir, 'calibration', f'{method}.json')
+
+
+def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str) -> Dict[str, Any]:
+    """Calibrate `method` unless done, then pretrain it for the CPU budget with online evaluation; its curve and
+    times as the run's row file."""
+    calibration = calibrate(args, {method: recipes[method]}, calibration_path(rows_dir, method), work)
     values = run_values(args, recipes, method, seed, work, calibration)
     out, epochs = values['output_dir'], values['epochs']
     result = _train(values)
@@ -225,7 +246,8 @@ def _stats(values: List[Optional[float]], digits: int = 1) -> str:
 
 
 def write_table(args, rows_dir: str, tag: str, argv: List[str]) -> None:
-    runs = [r for r in (_read(os.path.join(rows_dir, n)) for n in sorted(os.listdir(rows_dir))) if r and 'method' in r]
+    names = [n for n in sorted(os.listdir(rows_dir)) if n.endswith('.json')]  # not the calibration/ folder
+    runs = [r for r in (_read(os.path.join(rows_dir, n)) for n in names) if r and 'method' in r]
     if not runs:
         print('no finished runs yet')
         return
@@ -346,17 +368,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     rows_dir, work = os.path.join(RESULTS, args.tag), os.path.join('output', 'race', args.tag)
     os.makedirs(rows_dir, exist_ok=True)
-    calibration = os.path.join(rows_dir, 'calibration.json')
+    os.makedirs(os.path.join(rows_dir, 'calibration'), exist_ok=True)
     if args.worker:
         method, seed = args.worker[0], int(args.worker[1])
-        run_one(args, recipes, method, seed, rows_dir, work, calibrate(args, recipes, calibration, work))
+        run_one(args, recipes, method, seed, rows_dir, work)
         return
     if not args.table_only:
-        rates = calibrate(args, recipes, calibration, work)
         pixel_floors(args, recipes, rows_dir)
         todo = [(m, s) for s in range(args.seeds) for m in recipes  # a seed's methods side by side
-                if not check_reusable(os.path.join(rows_dir, f'{m}-seed{s}.json'),
-                                      run_values(args, recipes, m, s, work, rates))]
+                if not finished(args, recipes, m, s, rows_dir, work)]
         running: List[subprocess.Popen] = []
         failed = []
         for method, seed in todo:

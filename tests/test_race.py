@@ -83,3 +83,46 @@ def test_a_recipe_race_gets_its_own_tag_unless_one_is_given():
     assert race.parse_args([]).tag == 'race'
     assert race.parse_args(['--recipes', 'best.json']).tag == 'race_recipe'
     assert race.parse_args(['--recipes', 'best.json', '--tag', 'mine']).tag == 'mine'
+
+
+def test_a_worker_calibrates_its_own_method_in_its_own_file(tmp_path, monkeypatch):
+    """The two methods' first workers calibrate at the same time (side by side, as they then train): each measures
+    only its own method and writes only its own file, so neither overwrites the other's rate."""
+    import race
+
+    seen = []
+    monkeypatch.setattr(race, 'calibrate', lambda args, recipes, path, work: seen.append((list(recipes), path)) or (
+        _ for _ in ()).throw(RuntimeError('calibrated')))
+    with pytest.raises(RuntimeError, match='calibrated'):
+        race.run_one(_args(), dict(race.RECIPES), 'MAE', 1, str(tmp_path), str(tmp_path / 'work'))
+    assert seen == [(['MAE'], str(tmp_path / 'calibration' / 'MAE.json'))]
+
+
+def test_a_finished_run_is_checked_at_the_rate_kept_beside_it(tmp_path):
+    import json
+
+    import race
+    import torch
+
+    recipes, args = {'MAE': race.RECIPES['MAE']}, _args()
+    key = f'MAE@{torch.get_num_threads()}threads'
+    assert not race.finished(args, recipes, 'MAE', 0, str(tmp_path), 'work')  # no row file: still to run
+    calibration = {key: dict(cpu_s_per_step=0.5)}
+    values = race.run_values(args, recipes, 'MAE', 0, 'work', calibration)
+    (tmp_path / 'MAE-seed0.json').write_text(json.dumps(dict(config=values)))
+    with pytest.raises(SystemExit, match='no calibration'):
+        race.finished(args, recipes, 'MAE', 0, str(tmp_path), 'work')
+    (tmp_path / 'calibration').mkdir()
+    (tmp_path / 'calibration' / 'MAE.json').write_text(json.dumps(calibration))
+    assert race.finished(args, recipes, 'MAE', 0, str(tmp_path), 'work')
+    (tmp_path / 'calibration' / 'MAE.json').write_text(json.dumps({key: dict(cpu_s_per_step=0.4)}))
+    with pytest.raises(SystemExit, match='epochs'):  # another rate buys other epochs: not this run
+        race.finished(args, recipes, 'MAE', 0, str(tmp_path), 'work')
+
+
+def test_the_table_reads_run_files_beside_the_calibration_folder(tmp_path, capsys):
+    import race
+
+    (tmp_path / 'calibration').mkdir()  # a folder among the row files: skipped, not opened as one
+    race.write_table(_args(), str(tmp_path), 'race_test', [])
+    assert 'no finished runs yet' in capsys.readouterr().out
