@@ -27,9 +27,9 @@ full split) and the raw pixels' own kNN and L-BFGS scores on the same subsets an
 (`pixels-<img_size>.json`: a recipe with the native 28x28 input is held to the 28x28 pixels, a padded one to 32x32).
 
 Outputs: `benchmarks/results/<tag>/<method>-seed<N>.json` per finished run (resumable run by run; an unfinished run
-resumes from its checkpoint), `calibration/<method>.json`, `pixels-<img_size>.json`, then `benchmarks/results/<tag>.md` (table),
-`<tag>.json` and `<tag>.png` (accuracy against CPU-minutes, both methods, every seed). Runs live in
-`output/race/<tag>/` (not committed).
+resumes from its checkpoint), `calibration/<method>.json`, `pixels-<img_size>.json`, then
+`benchmarks/results/<tag>.md` (table), `<tag>.json` and `<tag>.png` (accuracy against CPU-minutes, both methods,
+every seed). Runs live in `output/race/<tag>/` (not committed).
 """
 import argparse
 import json
