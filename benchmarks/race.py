@@ -99,7 +99,7 @@ def calibrate(args, recipes, path: str, work: str) -> Dict[str, Any]:
                          steps=last['step'] - first['step'], threads=torch.get_num_threads(),
                          recipe=recipe, settings=settings)
         print(f'calibration {method}: {done[key]["cpu_s_per_step"]:.2f} CPU-s per step', flush=True)
-        _write_row(path, done)
+        _write_row(path, done)  # atomic_write makes its folder
     return done
 
 
@@ -178,7 +178,7 @@ def run_values(args, recipes, method: str, seed: int, work: str, calibration) ->
 
 def finished(args, recipes, method: str, seed: int, rows_dir: str, work: str) -> bool:
     """Whether this run's row file exists and ran with today's settings (at the rate kept when it ran)."""
-    path = os.path.join(rows_dir, f'{method}-seed{seed}.json')
+    path = run_path(rows_dir, method, seed)
     if not os.path.exists(path):
         return False
     calibration = _read(calibration_path(rows_dir, method))
@@ -198,9 +198,14 @@ def check_reusable(path: str, values: Dict[str, Any]) -> bool:
     return done is not None
 
 
-def calibration_path(rows_dir: str, method: str) -> str:
-    """One file per method: the two methods' first workers calibrate at the same time, each writing its own."""
-    return os.path.join(rows_dir, 'calibration', f'{method}.json')
+def calibration_path(rows_dir: str, key: str) -> str:
+    """One file per method (per trial in the search): the two methods' first workers calibrate at the same time,
+    each writing its own."""
+    return os.path.join(rows_dir, 'calibration', f'{key}.json')
+
+
+def run_path(rows_dir: str, method: str, seed: int) -> str:
+    return os.path.join(rows_dir, f'{method}-seed{seed}.json')
 
 
 def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str) -> Dict[str, Any]:
@@ -219,7 +224,7 @@ def run_one(args, recipes, method: str, seed: int, rows_dir: str, work: str) -> 
                   eval_cpu_min=[t / 60 for t in curves.eval_cpu_s], eval_images=curves.eval_images,
                   knn_top1=curves.knn_top1, lbfgs_top1=curves.lbfgs_top1, final_loss=result.last_loss,
                   log=result.log, config=values)
-    _write_row(os.path.join(rows_dir, f'{method}-seed{seed}.json'), record)
+    _write_row(run_path(rows_dir, method, seed), record)
     return record
 
 
@@ -368,7 +373,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     rows_dir, work = os.path.join(RESULTS, args.tag), os.path.join('output', 'race', args.tag)
     os.makedirs(rows_dir, exist_ok=True)
-    os.makedirs(os.path.join(rows_dir, 'calibration'), exist_ok=True)
     if args.worker:
         method, seed = args.worker[0], int(args.worker[1])
         run_one(args, recipes, method, seed, rows_dir, work)

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ablation_grid import (  # noqa: E402
     PROBE_KEYS, _fmt, _initial_encoder, _probe, _read, _slug, _write_row, run_time, same_settings)
 from race import (  # noqa: E402
-    RECIPES, _reap, _train, add_runner_args, budget_values, calibrate, calibrated_rate, read_floors)
+    RECIPES, _reap, _train, add_runner_args, budget_values, calibrate, calibrated_rate, calibration_path, read_floors)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
@@ -147,7 +147,7 @@ def run_trial(args, method: str, trial: Dict[str, Any], rows_dir: str, work: str
     """Pretrain one trial for the CPU budget, probe it on the full split; its row file."""
     key = f'{method}-{_slug(trial["name"])}'
     recipes = {key: trial['recipe']}
-    rate = calibrated_rate(calibrate(args, recipes, os.path.join(rows_dir, 'calibration', f'{key}.json'), work), key)
+    rate = calibrated_rate(calibrate(args, recipes, calibration_path(rows_dir, key), work), key)
     out = os.path.join(work, key)
     values = budget_values(args, recipes, key, args.seed, out, rate)
     epochs = values['epochs']
@@ -273,7 +273,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args.eval_train_samples, args.eval_test_samples, args.device = 5000, 2000, 'cpu'
     torch.set_num_threads(args.threads)
     rows_dir, work = os.path.join(RESULTS, args.tag), os.path.join('output', 'recipe_search', args.tag)
-    os.makedirs(os.path.join(rows_dir, 'calibration'), exist_ok=True)
+    os.makedirs(rows_dir, exist_ok=True)
     if args.worker:
         method, name = args.worker
         trial = next((t for t in trials(method) if t['name'] == name), None)
