@@ -73,19 +73,31 @@ def _train(values: Dict[str, Any]):
     return train(make_config(PretrainConfig, values))
 
 
+def _calibration_key(method: str) -> str:
+    return f'{method}@{torch.get_num_threads()}threads'
+
+
+def _calibration_settings(args, method: str, recipes) -> Dict[str, Any]:
+    """Every trainer value but the run's seed and folder: a changed recipe or flag (input size, decoder, batch,
+    --batch-size) has another CPU cost per step, so it is measured again."""
+    return json.loads(json.dumps({k: v for k, v in _values(args, method, recipes, 0, '').items()
+                                  if k not in ('seed', 'output_dir', 'data_dir')}))
+
+
+def is_calibrated(args, recipes, method: str, done: Dict[str, Any]) -> bool:
+    """Whether `done` (a calibration file's content) holds `method`'s rate for today's settings."""
+    stored = done.get(_calibration_key(method), {})
+    recipe = json.loads(json.dumps(recipes[method]))  # as the file keeps it (tuples become lists)
+    # calibrations written before their settings were kept match on the recipe alone
+    return bool(stored) and (stored['settings'] == _calibration_settings(args, method, recipes)
+                             if 'settings' in stored else stored.get('recipe') == recipe)
+
+
 def calibrate(args, recipes, path: str, work: str) -> Dict[str, Any]:
     """Each method's CPU-s per optimizer step (steps 3.. of a short run at this thread count), kept in `path`."""
     done = _read(path) or {}
     for method in recipes:
-        key = f'{method}@{torch.get_num_threads()}threads'
-        recipe = json.loads(json.dumps(recipes[method]))  # as the file keeps it (tuples become lists)
-        # every trainer value but the run's seed and folder: a changed recipe or flag (input size, decoder, batch,
-        # --batch-size) has another CPU cost per step, so it is measured again
-        settings = json.loads(json.dumps({k: v for k, v in _values(args, method, recipes, 0, '').items()
-                                          if k not in ('seed', 'output_dir', 'data_dir')}))
-        stored = done.get(key, {})
-        # calibrations written before their settings were kept match on the recipe alone
-        if stored and (stored['settings'] == settings if 'settings' in stored else stored.get('recipe') == recipe):
+        if is_calibrated(args, recipes, method, done):
             continue
         out = os.path.join(work, f'calibrate-{method}')
         shutil.rmtree(out, ignore_errors=True)  # its log must hold this calibration's steps only
@@ -95,10 +107,12 @@ def calibrate(args, recipes, path: str, work: str) -> Dict[str, Any]:
         result = _train(values)
         train = [r for r in read_log(result.log) if r['event'] == 'train']
         first, last = train[2], train[-1]  # the first steps warm up allocators and caches
-        done[key] = dict(cpu_s_per_step=(last['cpu_time_s'] - first['cpu_time_s']) / (last['step'] - first['step']),
-                         steps=last['step'] - first['step'], threads=torch.get_num_threads(),
-                         recipe=recipe, settings=settings)
-        print(f'calibration {method}: {done[key]["cpu_s_per_step"]:.2f} CPU-s per step', flush=True)
+        done[_calibration_key(method)] = dict(
+            cpu_s_per_step=(last['cpu_time_s'] - first['cpu_time_s']) / (last['step'] - first['step']),
+            steps=last['step'] - first['step'], threads=torch.get_num_threads(),
+            recipe=json.loads(json.dumps(recipes[method])), settings=_calibration_settings(args, method, recipes))
+        print(f'calibration {method}: {done[_calibration_key(method)]["cpu_s_per_step"]:.2f} CPU-s per step',
+              flush=True)
         _write_row(path, done)  # atomic_write makes its folder
     return done
 
@@ -154,7 +168,7 @@ def budget_epochs(budget_cpu_min: float, cpu_s_per_step: float, steps_per_epoch:
 
 def calibrated_rate(calibration: Dict[str, Any], method: str) -> float:
     """`method`'s calibrated CPU-s per optimizer step at this process's thread count."""
-    return calibration[f'{method}@{torch.get_num_threads()}threads']['cpu_s_per_step']
+    return calibration[_calibration_key(method)]['cpu_s_per_step']
 
 
 def budget_values(args, recipes, method: str, seed: int, out_dir: str, rate: float) -> Dict[str, Any]:
@@ -382,30 +396,39 @@ def main(argv: Optional[List[str]] = None) -> None:
         todo = [(m, s) for s in range(args.seeds) for m in recipes  # a seed's methods side by side
                 if not finished(args, recipes, m, s, rows_dir, work)]
         running: List[subprocess.Popen] = []
-        failed = []
+        failed: List[str] = []
+        first_run: Dict[str, subprocess.Popen] = {}  # each method's first run, the one that calibrates it
         for method, seed in todo:
-            while len(running) >= args.parallel:
-                running = _reap(running, failed)
+            # a method's later runs wait for its first run's calibration (or its end), so that two runs of one
+            # method never calibrate at once and get two rates (more --parallel than methods)
+            while len(running) >= args.parallel or (
+                    method in first_run and first_run[method].poll() is None
+                    and not is_calibrated(args, recipes, method, _read(calibration_path(rows_dir, method)) or {})):
+                running = _wait(running, failed)
             print(f'=== {method} seed {seed}', flush=True)
             running.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv,
                                              '--worker', method, str(seed)]))
+            first_run.setdefault(method, running[-1])
         while running:
-            running = _reap(running, failed)
+            running = _wait(running, failed)
         if failed:
             raise SystemExit(f'{len(failed)} run(s) failed: {failed}; rerun the same command to resume them')
     write_table(args, rows_dir, args.tag, argv)
 
 
-def _reap(running: List[subprocess.Popen], failed: List[str]) -> List[subprocess.Popen]:
-    """Wait until one run ends; the ones still running."""
+def _wait(running: List[subprocess.Popen], failed: List[str], poll_s: float = 2.0) -> List[subprocess.Popen]:
+    """Wait `poll_s`; the runs still running (each one that ended with an error goes to `failed`)."""
     import time
 
-    while all(p.poll() is None for p in running):
-        time.sleep(2)
+    time.sleep(poll_s)
+    still = []
     for p in running:
-        if p.poll() not in (None, 0):
+        code = p.poll()  # once per run: a run that ends between two polls is neither lost nor counted twice
+        if code is None:
+            still.append(p)
+        elif code != 0:
             failed.append(' '.join(p.args[-2:]))
-    return [p for p in running if p.poll() is None]
+    return still
 
 
 if __name__ == '__main__':

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ablation_grid import (  # noqa: E402
     PROBE_KEYS, _fmt, _initial_encoder, _probe, _read, _slug, _write_row, run_time, same_settings)
 from race import (  # noqa: E402
-    RECIPES, _reap, _train, add_runner_args, budget_values, calibrate, calibrated_rate, calibration_path, read_floors)
+    RECIPES, _train, _wait, add_runner_args, budget_values, calibrate, calibrated_rate, calibration_path, read_floors)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
@@ -294,12 +294,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             running: List[subprocess.Popen] = []
             for method, name in todo:  # sorted by trial, so the two methods' same trial run side by side
                 while len(running) >= args.parallel:
-                    running = _reap(running, failed)
+                    running = _wait(running, failed)
                 print(f'=== {method}: {name}', flush=True)
                 running.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv,
                                                  '--worker', method, name]))
             while running:
-                running = _reap(running, failed)
+                running = _wait(running, failed)
         if failed:
             raise SystemExit(f'{len(failed)} trial(s) failed: {failed}; rerun the same command to resume them')
     write_table(args, rows_dir, argv)

@@ -39,10 +39,11 @@ def _sha(path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _test_images(fashion_mnist_test, n: int = 64) -> torch.Tensor:
-    """`n` real Fashion-MNIST test images, padded 28 -> 32 and normalised as in pretraining: (n, 1, 32, 32)."""
+def _test_images(fashion_mnist_test, n: int = 64, size: int = 32) -> torch.Tensor:
+    """`n` real Fashion-MNIST test images, padded 28 -> `size` and normalised as in pretraining: (n, 1, size, size)."""
     x = fashion_mnist_test.data[:n].float().div(255).unsqueeze(1)
-    return (torch.nn.functional.pad(x, (2, 2, 2, 2)) - 0.2860) / 0.3530
+    pad = (size - 28) // 2
+    return (torch.nn.functional.pad(x, (pad, pad, pad, pad)) - 0.2860) / 0.3530
 
 
 def _loss(model, images) -> float:
@@ -240,18 +241,28 @@ def test_init_and_resume_together_are_refused(zoo, tmp_path):
                                    '--batch-size', '16', '--workers', '0', '--output-dir', str(tmp_path / 'run')]))
 
 
-@pytest.mark.skipif(not os.path.isfile(SHIPPED_FILE),
-                    reason=f'{SHIPPED} is not packaged yet: `python -m randsac_timm.hub package '
-                           f'OUT/checkpoint-last.pth --full --tag fmnist` writes {SHIPPED_FILE}')
-def test_shipped_fmnist_full_model_predicts_real_images(fashion_mnist_test, monkeypatch):
+# every full RandSAC model shipped in the package (the older 32x32 one, the 28x28 one of the searched recipe, ...)
+SHIPPED_FULL = sorted(f[:-len('.safetensors')] for f in os.listdir(PACKAGED_WEIGHTS_DIR)
+                      if f.startswith('randsac_pretrain_') and f.endswith('.safetensors'))
+
+
+def test_the_declared_fmnist_full_model_is_shipped():
+    assert SHIPPED in SHIPPED_FULL, (f'{SHIPPED} is not packaged: `python -m randsac_timm.hub package '
+                                     f'OUT/checkpoint-last.pth --full --tag fmnist` writes {SHIPPED_FILE}')
+
+
+@pytest.mark.parametrize('name', SHIPPED_FULL)
+def test_shipped_fmnist_full_model_predicts_real_images(fashion_mnist_test, monkeypatch, name):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    with open(SHIPPED_FILE.replace('.safetensors', '.json')) as f:
-        assert json.load(f)['sha256'] == _sha(SHIPPED_FILE)
-    model = timm.create_model(SHIPPED, pretrained=True)
-    packaged = load_file(SHIPPED_FILE)
+    shipped_file = os.path.join(PACKAGED_WEIGHTS_DIR, f'{name}.safetensors')
+    with open(shipped_file.replace('.safetensors', '.json')) as f:
+        assert json.load(f)['sha256'] == _sha(shipped_file)
+    model = timm.create_model(name, pretrained=True)
+    packaged = load_file(shipped_file)
     _assert_same_state(model.state_dict(), packaged)
-    fresh = timm.create_model(WRAPPER, **json.loads(safe_open(SHIPPED_FILE, 'pt').metadata()['model_kwargs']))
+    kwargs = json.loads(safe_open(shipped_file, 'pt').metadata()['model_kwargs'])
+    fresh = timm.create_model(name.partition('.')[0], **kwargs)
     decoder = [k for k in packaged if k.startswith('decoder.') and 'norm' not in k]
     assert decoder and not any(torch.equal(fresh.state_dict()[k], packaged[k]) for k in decoder)
-    images = _test_images(fashion_mnist_test, 256)
+    images = _test_images(fashion_mnist_test, 256, size=fresh.encoder.patch_embed.img_size[0])
     assert _loss(model, images) < 0.5 * _loss(fresh, images)

@@ -126,3 +126,71 @@ def test_the_table_reads_run_files_beside_the_calibration_folder(tmp_path, capsy
     (tmp_path / 'calibration').mkdir()  # a folder among the row files: skipped, not opened as one
     race.write_table(_args(), str(tmp_path), 'race_test', [])
     assert 'no finished runs yet' in capsys.readouterr().out
+
+
+def _schedule(tmp_path, monkeypatch, calibrated_at, fails_at=None):
+    """Run race.main with --parallel 4 (more processes than methods) over fake runs on a fake clock: run i of the
+    launch order ends at tick 20 (or `fails_at[i]`, with an error), a method's first run writes its calibration at
+    tick `calibrated_at[method]`. The tick each (method, seed) started at, and main's SystemExit or None."""
+    import json
+    import time
+
+    import race
+    import torch
+
+    clock, started, runs = [0], {}, []
+    rows_dir = tmp_path / 'race'
+    (rows_dir / 'calibration').mkdir(parents=True)
+    argv = ['--parallel', '4', '--seeds', '2', '--threads', str(torch.get_num_threads())]
+    args = race.parse_args(argv)
+    recipes = dict(race.RECIPES)
+
+    class FakeRun:
+        def __init__(self, cmd):
+            self.args, self.index = cmd, len(runs)
+            started[(cmd[-2], int(cmd[-1]))] = clock[0]
+            runs.append(self)
+
+        def poll(self):
+            end = (fails_at or {}).get(self.index)
+            if end is not None and clock[0] >= end:
+                return 1
+            return 0 if clock[0] >= 20 else None
+
+    def tick(_seconds):
+        clock[0] += 1
+        for method, at in calibrated_at.items():
+            if clock[0] == at:  # what the method's first worker writes once its calibration run is measured
+                (rows_dir / 'calibration' / f'{method}.json').write_text(json.dumps(
+                    {race._calibration_key(method): dict(cpu_s_per_step=0.5, settings=race._calibration_settings(
+                        args, method, recipes))}))
+
+    monkeypatch.setattr(race, 'RESULTS', str(tmp_path))
+    monkeypatch.setattr(race, 'pixel_floors', lambda *a: None)
+    monkeypatch.setattr(race, 'finished', lambda *a: False)
+    monkeypatch.setattr(race, 'write_table', lambda *a: None)
+    monkeypatch.setattr(race.subprocess, 'Popen', FakeRun)
+    monkeypatch.setattr(time, 'sleep', tick)
+    try:
+        race.main(argv + ['--tag', 'race'])
+    except SystemExit as e:
+        return started, e
+    return started, None
+
+
+def test_a_methods_second_run_waits_until_its_first_run_has_calibrated_it(tmp_path, monkeypatch):
+    """Two runs of one method never calibrate at once (they would measure two rates and get two step counts): with
+    --parallel 4 the seed-0 runs start together, and each method's seed-1 run waits for its own method's rate."""
+    started, error = _schedule(tmp_path, monkeypatch, calibrated_at={'RandSAC': 5, 'MAE': 3})
+    assert error is None
+    assert started[('RandSAC', 0)] == started[('MAE', 0)] == 0
+    assert started[('RandSAC', 1)] >= 5  # the launch order is seed-major: MAE seed 1 queues behind it
+    assert started[('MAE', 1)] >= started[('RandSAC', 1)]
+
+
+def test_a_first_run_that_dies_before_calibrating_hands_the_calibration_to_the_next(tmp_path, monkeypatch):
+    """No deadlock: when a method's first run fails before writing its rate, the next run of that method starts
+    (and calibrates), and the failure is reported."""
+    started, error = _schedule(tmp_path, monkeypatch, calibrated_at={'MAE': 3}, fails_at={0: 7})  # run 0: RandSAC 0
+    assert started[('RandSAC', 1)] >= 7
+    assert error is not None and 'RandSAC 0' in str(error)
