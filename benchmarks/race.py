@@ -99,6 +99,7 @@ def calibrate(args, recipes, path: str, work: str) -> Dict[str, Any]:
     for method in recipes:
         if is_calibrated(args, recipes, method, done):
             continue
+        key = _calibration_key(method)
         out = os.path.join(work, f'calibrate-{method}')
         shutil.rmtree(out, ignore_errors=True)  # its log must hold this calibration's steps only
         # epochs: enough that the step cap, not the end of a small subset's epoch, ends the calibration
@@ -107,12 +108,11 @@ def calibrate(args, recipes, path: str, work: str) -> Dict[str, Any]:
         result = _train(values)
         train = [r for r in read_log(result.log) if r['event'] == 'train']
         first, last = train[2], train[-1]  # the first steps warm up allocators and caches
-        done[_calibration_key(method)] = dict(
+        done[key] = dict(
             cpu_s_per_step=(last['cpu_time_s'] - first['cpu_time_s']) / (last['step'] - first['step']),
             steps=last['step'] - first['step'], threads=torch.get_num_threads(),
             recipe=json.loads(json.dumps(recipes[method])), settings=_calibration_settings(args, method, recipes))
-        print(f'calibration {method}: {done[_calibration_key(method)]["cpu_s_per_step"]:.2f} CPU-s per step',
-              flush=True)
+        print(f'calibration {method}: {done[key]["cpu_s_per_step"]:.2f} CPU-s per step', flush=True)
         _write_row(path, done)  # atomic_write makes its folder
     return done
 
@@ -279,7 +279,8 @@ def write_table(args, rows_dir: str, tag: str, argv: List[str]) -> None:
                                                              'final linear', 'images / CPU-s']
     floor_text = '; '.join(f'{size}x{size} input: kNN {f["knn_top1"]:.1f}, linear {f["lbfgs_top1"]:.1f}'
                            for size, f in sorted(floors.items())) or 'not measured'
-    lines = [f'Fashion-MNIST, `randsac_vit_micro_patch4_32`, budget {args.budget_cpu_min} CPU-min per run '
+    models = ', '.join(f'`{m}`' for m in sorted({r['config']['model'] for r in runs}))  # what really ran
+    lines = [f'Fashion-MNIST, {models}, budget {args.budget_cpu_min} CPU-min per run '
              f'({runs[0]["threads"]} thread(s) per process), fp32. Cells: training CPU-minutes to the first '
              f'evaluation at or above the accuracy (mean ± std over seeds; "never" = not within the budget). kNN '
              f'(k=20, T=0.07) and linear (converged L-BFGS readout) on fixed subsets: bank '
