@@ -416,13 +416,33 @@ def _target(row: Dict[str, Any]) -> str:
     return 'norm-pix' if row['pretrain'].get('norm_pix_loss') else 'raw'
 
 
+def _trained_with(row: Dict[str, Any]) -> str:
+    """What the row's pretraining ran (under a recipe a row's name is the paper grid's, e.g. 'MAE 75%', while its
+    mask ratio is the recipe's), e.g. 'mask 0.85' or 'blob:11-5, skip decoder (paper_last)'."""
+    pretrain = row['pretrain']
+    if pretrain is None:
+        return '-'
+    if pretrain['model'].startswith('mae_'):
+        return f'mask {pretrain.get("mask_ratio", 0.75):g}'  # 0.75: the MAE wrapper's default
+    decoder = pretrain.get('decoder', 'skip')
+    memory = f' ({pretrain["skip_memory"]})' if decoder == 'skip' and pretrain.get('skip_memory') else ''
+    return f'{pretrain.get("segments", "default")}, {decoder} decoder{memory}'
+
+
+def _input_text(img_size: int) -> str:
+    grid = img_size // 4  # the micro encoder's 4x4 patches
+    source = 'native' if img_size == 28 else '28 -> 32 padded' if img_size == 32 else f'28 -> {img_size}'
+    return f'{img_size}x{img_size} input ({source}), {grid}x{grid} grid'
+
+
 def _recipe_text(args) -> str:
     if not args.recipes:
         return ''
     recipes = {m: {k: v for k, v in r.items() if k != 'model'} for m, r in load_recipes(args.recipes).items()}
     return (f'; every row with its method\'s searched recipe (`{args.recipes}`, which overrides the batch and blr '
             f'above: {json.dumps(recipes)}), each row setting only what it tests (wrapper, segments, decoder, skip '
-            f'memory)')
+            f'memory): a row keeps the paper grid\'s name, but its target and MAE\'s mask ratio are the recipe\'s '
+            f'(columns target and trained with)')
 
 
 def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, Any]], args) -> None:
@@ -434,7 +454,7 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                 else f'{platform.machine()} CPU, {os.cpu_count()} cores, threads per row in the table (rows written '
                      f'before threads were recorded ran with torch\'s default, one per core)')
     lines = [
-        f'Fashion-MNIST, `{ENCODER}` (28 -> 32 padded, 8x8 grid, unless the row says otherwise), xavier init, '
+        f'Fashion-MNIST, the micro encoder ({_input_text(args.random_init_size)}), xavier init, '
         f'{args.train_samples} pretraining images x {args.epochs:g} epoch(s), batch {args.batch_size}, blr {args.blr}, '
         f'AdamW betas (0.9, 0.999){_recipe_text(args)}; probes on the official 10k test split: LARS = the paper\'s '
         f'linear probe (fast '
@@ -442,9 +462,9 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         f'block = the block with the best converged readout; {hardware}. Mean ± std over the seeds. '
         f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in args.argv)}`.',
         '',
-        '| row | group | target | LARS top-1 | converged top-1 | kNN top-1 | best block | seeds | pretrain img/s '
-        '| pretrain CPU-min | threads | paper CIFAR-10 LIN |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|',
+        '| row | group | target | trained with | LARS top-1 | converged top-1 | kNN top-1 | best block | seeds '
+        '| pretrain img/s | pretrain CPU-min | threads | paper CIFAR-10 LIN |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     summary = []
     for row in selected:
@@ -460,7 +480,9 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                      torch_threads=[r.get('torch_threads') for r in rs])
         threads = ', '.join('default' if t is None else str(t) for t in entry['torch_threads'])
         summary.append(entry)
-        lines.append(f'| {row["name"]} | {row["group"]} | {entry["target"]} | {_stats(entry["top1"])} | '
+        entry['trained_with'] = _trained_with(row)
+        lines.append(f'| {row["name"]} | {row["group"]} | {entry["target"]} | {entry["trained_with"]} | '
+                     f'{_stats(entry["top1"])} | '
                      f'{_stats(entry["lbfgs_top1"])} | {_stats(entry["knn_top1"])} | {_best_block(rs)} | {len(rs)} | '
                      f'{_stats(ips)} | {_stats(cpu_min)} | {threads} | {PAPER_CIFAR10.get(row["name"], "-")} |')
         if row['pretrain'] is None:
@@ -470,10 +492,10 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                           pca_lbfgs_top1=[r.get('pixel_pca_linear_top1') for r in rs])
             summary.append(pixels)
             size = rs[0].get('img_size', 32)
-            lines.append(f'| raw pixels (the probe\'s {size}x{size} input) | - | - | {_stats(pixels["top1"])} | '
+            lines.append(f'| raw pixels (the probe\'s {size}x{size} input) | - | - | - | {_stats(pixels["top1"])} | '
                          f'{_stats(pixels["lbfgs_top1"])} | {_stats(pixels["knn_top1"])} | - | {len(rs)} | '
                          f'- | - | - | - |')
-            lines.append(f'| raw pixels, PCA to the encoder width (128) | - | - | - | '
+            lines.append(f'| raw pixels, PCA to the encoder width (128) | - | - | - | - | '
                          f'{_stats(pixels["pca_lbfgs_top1"])} | - | - | {len(rs)} | - | - | - | - |')
     with open(os.path.join(root, f'{tag}.json'), 'w') as f:
         json.dump(dict(tag=tag, hardware=hardware, args=vars(args), rows=summary), f, indent=2)

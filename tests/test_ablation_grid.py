@@ -146,3 +146,34 @@ def test_a_restarted_run_counts_only_its_last_attempt():
            dict(event='start', step=0), _rec('train', 3, 5), _rec('end', 4, 7)]
     log[0]['step'] = 0
     assert run_time(log) == (4, 7, True)
+
+
+def test_the_recipe_table_says_what_each_row_trained(tmp_path, monkeypatch):
+    """Under a recipe, 'MAE 75%' trains at the recipe's mask ratio and 'blob(11), norm-pix' on its target: the
+    table must say what ran (28x28 native input, mask 0.85, raw target), not what the row's name suggests."""
+    import json
+
+    import ablation_grid
+    from ablation_grid import _slug
+
+    monkeypatch.setattr(ablation_grid, 'RESULTS', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    recipes = dict(_recipes(), MAE=dict(_recipes()['MAE'], mask_ratio=0.85, norm_pix_loss=False))
+    path = tmp_path / 'best.json'
+    path.write_text(json.dumps(recipes))
+    rows_dir = tmp_path / 'recipe'
+    rows_dir.mkdir()
+    for name in ('MAE 75%', 'blob(11), norm-pix'):
+        row = next(ablation_grid._with_recipe(r, ablation_grid.load_recipes(str(path)))
+                   for r in ablation_grid.ROWS if r['name'] == name)
+        record = dict(row=name, seed=0, pretrain=row['pretrain'], top1=80.0, lbfgs_top1=82.0, knn_top1=79.0,
+                      per_block_top1=[80.0, 82.0], images_per_s=100.0, pretrain_cpu_s=600.0, torch_threads=1)
+        (rows_dir / f'{_slug(name)}-seed0.json').write_text(json.dumps(record))
+    ablation_grid.main(['--recipes', str(path), '--tag', 'recipe', '--seeds', '1', '--table-only'])
+    table = (tmp_path / 'recipe.md').read_text()
+    assert '28x28 input (native), 7x7 grid' in table and '8x8' not in table
+    lines = {line.split(' | ')[0].lstrip('| '): line.split(' | ') for line in table.splitlines() if line.startswith('| ')}
+    assert lines['MAE 75%'][2:4] == ['raw', 'mask 0.85']
+    assert lines['blob(11), norm-pix'][2:4] == ['raw', 'blob:11, skip decoder (paper)']
+    summary = json.loads((tmp_path / 'recipe.json').read_text())
+    assert {r['row']: r.get('trained_with') for r in summary['rows']}['MAE 75%'] == 'mask 0.85'
