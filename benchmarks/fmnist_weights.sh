@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 17 item 5: turn one finished Fashion-MNIST pretraining run into the packaged `.fmnist` weights, with cards
-# made from its own measurements (nothing typed by hand):
+# made from its own measurements (nothing typed by hand but the optional notes):
 #   1. the full-split probe of its encoder (eval_linear.py --fast: LARS, converged L-BFGS readout, per block, kNN,
 #      and the raw-pixel floor on the same split) -> RUN/package-probe/results.json;
 #   2. `hub package` of the encoder and of the full pretraining model (decoder included) into
 #      randsac_timm/hub/weights/ (named after the run's wrapper: a 28x28 run of randsac_pretrain_vit_micro_patch4_28
 #      gives randsac_vit_micro_patch4_28.fmnist and leaves the older _patch4_32.fmnist tag as it is);
-#   3. `hub card` -> docs/model_cards/<name>.md for both.
+#   3. `hub card` -> docs/model_cards/<name>.md for both, with docs/model_cards/notes/<name>.md as `--notes` where it
+#      exists (the only hand-written part, under its own heading).
 # The run is the race's seed-0 RandSAC run by default (the best recipe, one CPU-hour of training):
 #   bash benchmarks/fmnist_weights.sh [RUN_DIR] [TAG]
 #   DATA=/usr/share/datasets/fashion-mnist bash benchmarks/fmnist_weights.sh output/race/race_recipe/RandSAC-seed0
@@ -31,7 +32,10 @@ $PY -m randsac_timm.hub package "$CHECKPOINT" --full --tag "$TAG"
 WRAPPER=$($PY -c "import sys; from randsac_timm.train.checkpoint import load_checkpoint
 print(load_checkpoint(sys.argv[1])['model_name'])" "$CHECKPOINT")
 ENCODER=randsac_${WRAPPER#*_pretrain_}
+# the publisher's own notes (how far from the targets, what is left), where docs/model_cards/notes/ has them
 for name in "$ENCODER.$TAG" "$WRAPPER.$TAG"; do
-  $PY -m randsac_timm.hub card "randsac_timm/hub/weights/$name.json" "docs/model_cards/$name.md"
+  NOTES=()
+  if [ -f "docs/model_cards/notes/$name.md" ]; then NOTES=(--notes "docs/model_cards/notes/$name.md"); fi
+  $PY -m randsac_timm.hub card "randsac_timm/hub/weights/$name.json" "docs/model_cards/$name.md" "${NOTES[@]}"
 done
 echo "packaged $ENCODER.$TAG and $WRAPPER.$TAG; probe: $RUN/package-probe/results.json"

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from timm.models import register_model
 
 import randsac_timm  # noqa: F401  (registers the models)
-from randsac_timm.hub.model_card import METRICS, format_pct
+from randsac_timm.hub.model_card import METRICS, format_pct, render_card, run_from_packaged
 from randsac_timm.hub.names import PACKAGED_WEIGHTS_DIR, hub_repo_id
 from randsac_timm.hub.publish import HUB_FILES, check_hub_folder, export, load_pretrained_encoder, main, package
 from randsac_timm.models import randsac_vit
@@ -141,10 +141,14 @@ def restore_registry():
 def test_packaged_weights_register_a_tag_that_loads_from_its_file_offline(run, tmp_path, monkeypatch,
                                                                           restore_registry):
     # a tag of its own: the package ships real `.fmnist` weights, which must not hide what this test proves
+    notes = tmp_path / 'notes.md'
+    notes.write_text('Short run.\n')
     weights, meta_path = package(run['checkpoint'], tag=TEST_TAG, results=[run['results']],
-                                 out_dir=str(tmp_path / 'weights'))
+                                 out_dir=str(tmp_path / 'weights'), notes=str(notes))
     assert os.path.basename(weights) == f'{ENCODER}.{TEST_TAG}.safetensors'
     meta = json.loads(open(meta_path).read())
+    assert meta['notes'] == 'Short run.\n'  # kept, so `hub card` rewrites the card with them
+    assert 'Short run.' in render_card(run_from_packaged(meta_path))
     assert meta['hf_hub_id'] == hub_repo_id(ENCODER, TEST_TAG) and meta['sha256'] == _sha(weights)
     assert meta['evaluations'][0]['top1'] == RESULTS['top1']
     assert meta['evaluations'][0]['command'] == RESULTS['command']
@@ -196,9 +200,10 @@ def test_packaged_tag_is_absent_without_its_files(tmp_path):
 
 
 def _card_metric_cells(card: str):
-    """Every cell of the metric columns of the card's evaluation table."""
+    """Every cell of the metric columns of the card's evaluation table (its first table)."""
     section = card.split('## Evaluation', 1)[1].split('\n## ', 1)[0]
-    rows = [r for r in section.splitlines() if r.startswith('|')]
+    first_table = section[section.index('|'):].split('\n\n', 1)[0]
+    rows = first_table.splitlines()
     header = [c.strip() for c in rows[0].strip('|').split('|')]
     columns = [header.index(title) for _, title in METRICS if title in header]
     return [[c.strip() for c in row.strip('|').split('|')][i] for row in rows[2:] for i in columns]
@@ -286,8 +291,11 @@ def test_card_model_index_round_trips_through_huggingface_hub(run, tmp_path):
                  per_block_top1=[41.5, 63.25], encoder=dict(kind='pretrain_checkpoint', sha256=_sha(run['checkpoint'])))
     path = tmp_path / 'results.json'
     path.write_text(json.dumps(extra))
-    export(run['checkpoint'], str(tmp_path / 'out'), results=[str(path)])
+    notes = tmp_path / 'notes.md'
+    notes.write_text('Short run: see the targets.\n')
+    export(run['checkpoint'], str(tmp_path / 'out'), results=[str(path)], notes=str(notes))
     card = ModelCard.load(str(tmp_path / 'out' / 'README.md'))
+    assert '## Limitations and notes\n\nShort run: see the targets.' in card.text
     data = card.data
     assert (data.library_name, data.license, data.model_name) == ('timm', 'apache-2.0', f'{ENCODER}.fmnist')
     assert data.datasets == ['zalando-datasets/fashion_mnist'] and 'randsac' in data.tags
@@ -295,8 +303,10 @@ def test_card_model_index_round_trips_through_huggingface_hub(run, tmp_path):
     assert values == {
         'linear probe (fast) top-1': 84.37, 'kNN top-1': 81.25, 'logistic regression (L-BFGS, converged) top-1': 85.12,
         'raw-pixel linear top-1': 78.5, 'raw-pixel PCA + linear top-1': 80.0,
-        'raw-pixel logistic regression (L-BFGS) top-1': 83.46, 'linear probe (fast) top-1, block 1': 41.5,
-        'linear probe (fast) top-1, block 2': 63.25}  # pixel_knn_top1 is None: no entry
+        'raw-pixel logistic regression (L-BFGS) top-1': 83.46,
+        # per_block_top1 is eval_linear.py's converged readout of each block, not its LARS probe
+        'logistic regression (L-BFGS, converged) top-1, block 1': 41.5,
+        'logistic regression (L-BFGS, converged) top-1, block 2': 63.25}  # pixel_knn_top1 is None: no entry
     for r in data.eval_results:
         assert (r.task_type, r.dataset_type, r.dataset_split, r.metric_type) == (
             'image-classification', 'zalando-datasets/fashion_mnist', 'test', 'accuracy')
@@ -313,3 +323,50 @@ def test_the_shipped_card_carries_a_model_index_of_its_packaged_evaluations():
     values = [r.metric_value for r in card.data.eval_results]
     assert card.data.model_name == name
     assert all(round(e['top1'], 2) in values for e in meta['evaluations'])
+
+
+def test_the_card_pairs_each_session_with_its_own_end_record():
+    """A run killed at step 2600 and resumed from its step-2500 checkpoint: the first session has no end record,
+    the second ran 2500 -> 5682 (the card once gave the first session the second's end)."""
+    from randsac_timm.hub.model_card import RunRecord, _hardware_section
+
+    start = dict(event='start', device='cpu', cpu='x86_64')
+    log = [dict(start, step=0), dict(event='epoch', step=937, wall_time_s=600.0),
+           dict(event='resume', step=2500), dict(start, step=2500), dict(event='end', step=5682, wall_time_s=2040.0)]
+    run = RunRecord(name='n.t', repo_id='o/n.t', encoder_name='n', encoder_kwargs={}, architecture='vit', model_args={},
+                    pretrained_cfg={}, num_params=1, checkpoint='c.pth', checkpoint_sha256='0', state={}, log=log)
+    rows = [line for line in _hardware_section(run).splitlines() if line.startswith('| 1 ') or line.startswith('| 2 ')]
+    assert '0 -> ?' in rows[0] and 'interrupted' in rows[0]
+    assert '2500 -> 5682' in rows[1] and '34.0 min' in rows[1]
+
+
+def test_the_card_sets_each_readout_beside_the_raw_pixels_and_carries_the_publishers_notes(tmp_path):
+    """A card says, per readout, whether the features beat the pixels they came from (computed from the results,
+    nothing typed), and `hub card --notes` adds the publisher's notes under their own heading; a missing notes
+    file is one clear error that writes nothing."""
+    from randsac_timm.hub.publish import main
+
+    meta = json.loads(open(os.path.join(PACKAGED_WEIGHTS_DIR, 'randsac_vit_micro_patch4_28.fmnist.json')).read())
+    evaluation = meta['evaluations'][0]
+    meta['evaluations'] = [dict(evaluation, top1=86.0, lbfgs_top1=84.0, pixel_lbfgs_top1=84.09, knn_top1=81.83,
+                                pixel_knn_top1=85.69, pixel_linear_top1=84.54, per_block_top1=[83.0, 84.5])]
+    packaged = tmp_path / 'weights'
+    packaged.mkdir()
+    name = 'randsac_vit_micro_patch4_28.fmnist'
+    os.symlink(os.path.join(PACKAGED_WEIGHTS_DIR, f'{name}.safetensors'), packaged / f'{name}.safetensors')
+    (packaged / 'randsac_vit_micro_patch4_28.fmnist.json').write_text(json.dumps(meta))
+    notes = tmp_path / 'notes.md'
+    notes.write_text('Trained for one CPU-hour only.\n')
+    card = tmp_path / 'card.md'
+    main(['card', str(packaged / 'randsac_vit_micro_patch4_28.fmnist.json'), str(card), '--notes', str(notes)])
+    text = card.read_text()
+    assert '| linear probe | 86.00 | 84.54 | +1.46 |' in text
+    assert '| converged (L-BFGS) | 84.00 | 84.09 | -0.09 |' in text
+    assert '| kNN | 81.83 | 85.69 | -3.86 |' in text
+    assert '| converged (L-BFGS), best block (2) | 84.50 | 84.09 | +0.41 |' in text
+    assert 'beat the raw pixels under 1 of 3 readouts' in text
+    assert '## Limitations and notes\n\nTrained for one CPU-hour only.' in text
+    with pytest.raises(SystemExit, match='--notes .*missing.md: cannot read it'):
+        main(['card', str(packaged / 'randsac_vit_micro_patch4_28.fmnist.json'), str(tmp_path / 'out.md'),
+              '--notes', str(tmp_path / 'missing.md')])
+    assert not (tmp_path / 'out.md').exists()

@@ -44,7 +44,7 @@ METRIC_NAMES = {
     'pixel_knn_top1': 'raw-pixel kNN top-1', 'pixel_pca_linear_top1': 'raw-pixel PCA + linear top-1',
     'pixel_lbfgs_top1': 'raw-pixel logistic regression (L-BFGS) top-1',
 }
-PER_BLOCK_KEY = 'per_block_top1'
+PER_BLOCK_KEY = 'per_block_top1'  # eval_linear.py's converged (L-BFGS) readout of each block, not its LARS probe
 # our data set names -> (Hub dataset id, pretty name, Hub split of our 'val' split); others get no dataset link
 HUB_DATASETS = {
     'fashion_mnist': ('zalando-datasets/fashion_mnist', 'Fashion-MNIST', 'test'),
@@ -82,6 +82,8 @@ class RunRecord:
         log: `log.jsonl` records ('start', 'epoch', 'end', 'resume'), [] when no log was found.
         results: (file name, results dict) of each evaluation.
         kind: 'encoder' (the encoder alone) or 'pretrain' (the full pretraining model: encoder, decoder, skips).
+        notes: the publisher's own Markdown (`--notes FILE`: limitations, what is left), '' for none; shown as it
+            is under "Limitations and notes", apart from the measured sections.
     """
 
     name: str
@@ -98,6 +100,7 @@ class RunRecord:
     log: List[Dict[str, Any]] = field(default_factory=list)
     results: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
     kind: str = 'encoder'
+    notes: str = ''
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -242,7 +245,8 @@ def eval_results(run: RunRecord) -> List[EvalResult]:
                 name = f'{label} top-1' if key == 'top1' else METRIC_NAMES[key]
                 out.append(EvalResult(metric_name=name, metric_value=float(value), **common))
         for block, value in _per_block(r):
-            out.append(EvalResult(metric_name=f'{label} top-1, block {block}', metric_value=float(value), **common))
+            out.append(EvalResult(metric_name=f'{METRIC_NAMES["lbfgs_top1"]}, block {block}', metric_value=float(value),
+                                  **common))
     return out
 
 
@@ -306,13 +310,20 @@ def _recipe(run: RunRecord) -> str:
 
 
 def _hardware_section(run: RunRecord) -> str:
-    starts, ends, resumes = run.events('start'), run.events('end'), run.events('resume')
+    starts, resumes = run.events('start'), run.events('resume')
     if not starts:
         return (f'No `log.jsonl` was found beside the checkpoint, so the hardware is not recorded. The checkpoint '
                 f'records a wall-clock of {_duration(run.state.get("wall_time_s"))} for its last session.')
+    # a session is a start record and the end record before the next start (none: it was killed), in log order
+    sessions: List[List[Dict[str, Any]]] = []
+    for record in run.log:
+        if record.get('event') == 'start':
+            sessions.append([record])
+        elif record.get('event') == 'end' and sessions and len(sessions[-1]) == 1:
+            sessions[-1].append(record)
     rows = []
-    for i, start in enumerate(starts):
-        end = ends[i] if i < len(ends) else None
+    for i, (start, *closed) in enumerate(sessions):
+        end = closed[0] if closed else None
         rows.append((str(i + 1), _hardware(start), f'{start.get("step")} -> {end.get("step") if end else "?"}',
                      _duration(end.get('wall_time_s')) if end else 'no end record (interrupted)'))
     text = _table(('session', 'hardware', 'steps', 'wall-clock'), rows)
@@ -371,12 +382,46 @@ def _results_section(run: RunRecord) -> str:
         text += '\n\n' + '\n'.join(notes)
     blocks = [(fname, _per_block(r)) for fname, r in run.results if _per_block(r)]
     for fname, values in blocks:
-        text += (f'\n\nLinear probe on the mean of each block\'s tokens (`{fname}`):\n\n'
+        text += (f'\n\nConverged readout (L-BFGS logistic regression) of the mean of each block\'s tokens '
+                 f'(`{fname}`; the last block is the "L-BFGS logistic" column above):\n\n'
                  + _table(['block'] + [b for b, _ in values], [['top-1 (%)'] + [v for _, v in values]]))
     text += ('\n\n"top-1" is the linear probe, or fine-tuning for a fine-tuning record; "L-BFGS logistic" is a '
              'converged logistic-regression readout of the same features; the raw-pixel columns are the same heads / '
              'kNN on flattened pixels (or their PCA), the baseline any encoder should beat. The same numbers are in '
              'the card\'s `model-index` metadata, with the split and the command.')
+    return text
+
+
+# (readout, the encoder's key, the raw pixels' key on the same split and head)
+PIXEL_PAIRS = (('linear probe', 'top1', 'pixel_linear_top1'), ('converged (L-BFGS)', 'lbfgs_top1', 'pixel_lbfgs_top1'),
+               ('kNN', 'knn_top1', 'pixel_knn_top1'))
+
+
+def _against_pixels(run: RunRecord) -> str:
+    """Each linear-probe record's readouts beside the raw pixels' under the same readout and split, with the
+    difference: whether the features are worth more than the pixels they came from. '' when no record has both."""
+    text = ''
+    for fname, r in run.results:
+        protocol = r.get('protocol')
+        if (protocol.get('name') if isinstance(protocol, dict) else protocol) != 'linear_probe':
+            continue  # a fine-tuned top-1 is not comparable with a linear readout of pixels
+        rows = []
+        for label, key, pixel_key in PIXEL_PAIRS:
+            ours, pixels = format_pct(r.get(key)), format_pct(r.get(pixel_key))
+            if ours and pixels:
+                rows.append([label, ours, pixels, f'{float(ours) - float(pixels):+.2f}'])
+        if not rows:
+            continue
+        verdict = (f'The last block\'s features beat the raw pixels under {sum(float(row[3]) > 0 for row in rows)} '
+                   f'of {len(rows)} readouts.')
+        blocks, pixels = _per_block(r), format_pct(r.get('pixel_lbfgs_top1'))
+        if blocks and pixels:
+            block, best = max(blocks, key=lambda b: float(b[1]))
+            rows.append([f'converged (L-BFGS), best block ({block})', best, pixels,
+                         f'{float(best) - float(pixels):+.2f}'])
+        text += (f'\n\nAgainst the raw pixels (`{fname}`, same split, same readout):\n\n'
+                 + _table(['readout', 'these features (%)', 'raw pixels (%)', 'difference (points)'], rows)
+                 + '\n\n' + verdict)
     return text
 
 
@@ -482,7 +527,8 @@ def render_card(run: RunRecord) -> str:
         '## Model details\n\n' + details,
         '## Pretraining recipe\n\nFrom the checkpoint\'s stored configuration and its `log.jsonl`.\n\n' + _recipe(run),
         '## Hardware and wall-clock\n\n' + _hardware_section(run),
-        '## Evaluation\n\n' + results_intro + _results_section(run),
+        '## Evaluation\n\n' + results_intro + _results_section(run) + _against_pixels(run),
+        *(['## Limitations and notes\n\n' + run.notes.strip()] if run.notes.strip() else []),
         '## Usage\n\n' + usage,
         f'## License\n\n`{run.pretrained_cfg.get("license", "apache-2.0")}` for these weights and the code that '
         f'made them. The pretraining data keeps its own license.',
@@ -518,7 +564,7 @@ def run_from_packaged(meta_path: str) -> RunRecord:
         log=list(pretraining.get('log') or []),
         results=[(e.get('file', 'results.json'), {k: v for k, v in e.items() if k != 'file'})
                  for e in meta.get('evaluations') or []],
-        kind=kind)
+        kind=kind, notes=str(meta.get('notes') or ''))
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -5,6 +5,8 @@
     python -m randsac_timm.hub package CHECKPOINT [--tag TAG] [--results ...] [--out-dir randsac_timm/hub/weights]
     python -m randsac_timm.hub card PACKAGED_JSON OUT_MD      (re)write the card of packaged weights
 
+Each takes `--notes FILE.md`: the publisher's own text for the card ("Limitations and notes").
+
 An export folder holds exactly `config.json`, `model.safetensors` (plain timm ViT keys, encoder only) and a
 `README.md` model card built from the run's records (`model_card.py`). With `--full`, export / push / package
 write the full pretraining model instead (`<wrapper>.<tag>`: encoder, decoder and skip weights, for continued
@@ -227,6 +229,7 @@ def export(
         results: Sequence[str] = (),
         log: Optional[str] = None,
         full: bool = False,
+        notes: Optional[str] = None,
 ) -> RunRecord:
     """Write the encoder of `checkpoint` as a Hub folder: `model.safetensors`, `config.json`, `README.md`.
 
@@ -241,11 +244,14 @@ def export(
         results: `results.json` files of `eval_linear.py` / `eval_finetune.py` runs on this checkpoint.
         log: the run's `log.jsonl` (default: beside the checkpoint).
         full: export the full pretraining model `<wrapper>.<tag>` (encoder, decoder, skip weights).
+        notes: a Markdown file of the publisher's own notes (limitations, what is left) for the card.
 
     Returns:
         the run record the card was written from.
     """
+    notes_text = read_notes(notes)  # before anything is written: a missing file loses nothing
     run, encoder = read_run(checkpoint, tag, log=log, full=full)
+    run.notes = notes_text
     os.makedirs(out_dir, exist_ok=True)
     stray = sorted(set(os.listdir(out_dir)) - set(HUB_FILES))
     if stray:
@@ -271,6 +277,20 @@ def export(
 
     _check_export_matches(out_dir, encoder)
     return run
+
+
+def read_notes(path: Optional[str]) -> str:
+    """The text of a `--notes` Markdown file ('' for None), checked to hold something."""
+    if path is None:
+        return ''
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f'--notes {path}: cannot read it ({e}); give a Markdown file of notes for the card') from e
+    if not text.strip():
+        raise ValueError(f'--notes {path} is empty; give a Markdown file of notes for the card, or leave --notes out')
+    return text
 
 
 def _known_hashes(checkpoint: str, weights: str, run: RunRecord) -> List[str]:
@@ -427,6 +447,7 @@ def push(
         private: bool = False,
         commit_message: Optional[str] = None,
         full: bool = False,
+        notes: Optional[str] = None,
 ) -> str:
     """Upload an encoder (or with `full` the full pretraining model) to the Hub: safetensors, config.json and the
     card, nothing else.
@@ -441,14 +462,15 @@ def push(
         private: create the repo private.
         commit_message: Hub commit message.
         full: export the full pretraining model `<wrapper>.<tag>` from a checkpoint source.
+        notes: a Markdown file of notes for the card (checkpoint sources only).
 
     Returns:
         the folder that was (or would be) uploaded.
     """
     temp = None
     if os.path.isdir(source):
-        if tag or results or full:
-            raise ValueError(f'{source} is an export folder: its tag, results and kind were fixed at export')
+        if tag or results or full or notes:
+            raise ValueError(f'{source} is an export folder: its tag, results, notes and kind were fixed at export')
         folder = source
         check_hub_folder(folder)
         with safe_open(os.path.join(folder, 'model.safetensors'), framework='pt') as f:
@@ -458,7 +480,7 @@ def push(
             raise ValueError('--dry-run of a checkpoint needs --out-dir DIR: the folder it writes for inspection')
         if out_dir is None:
             out_dir = temp = tempfile.mkdtemp(prefix='randsac-hub-')
-        run = export(source, out_dir, tag, results, full=full)
+        run = export(source, out_dir, tag, results, full=full, notes=notes)
         folder, default_repo = out_dir, run.repo_id
     try:
         check_hub_folder(folder)
@@ -492,6 +514,7 @@ def package(
         out_dir: str = PACKAGED_WEIGHTS_DIR,
         log: Optional[str] = None,
         full: bool = False,
+        notes: Optional[str] = None,
 ) -> Tuple[str, str]:
     """Ship an encoder inside randsac-timm: `<encoder>.<tag>.safetensors` + `<encoder>.<tag>.json` in `out_dir`.
 
@@ -508,7 +531,7 @@ def package(
         (weights path, json path).
     """
     with tempfile.TemporaryDirectory(prefix='randsac-package-') as tmp:
-        run = export(checkpoint, tmp, tag, results, log, full=full)
+        run = export(checkpoint, tmp, tag, results, log, full=full, notes=notes)
         os.makedirs(out_dir, exist_ok=True)
         weights = os.path.join(out_dir, f'{run.name}.safetensors')
         atomic_write(weights, lambda dst: shutil.copyfile(os.path.join(tmp, 'model.safetensors'), dst))
@@ -520,6 +543,7 @@ def package(
         pretraining=dict(checkpoint=run.checkpoint, checkpoint_sha256=run.checkpoint_sha256, **run.state,
                          log=[r for r in run.log if r.get('event') in ('start', 'end', 'resume')]),
         evaluations=[dict(file=name, **r) for name, r in run.results],
+        **({'notes': run.notes} if run.notes else {}),
     )
     meta_path = os.path.join(out_dir, f'{run.name}.json')
     _write_text(meta_path, json.dumps(meta, indent=2) + '\n')
@@ -537,6 +561,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument('--full', action='store_true',
                        help='the full pretraining model <wrapper>.<tag> (encoder, decoder, skip weights) for continued '
                             'pretraining, instead of the encoder alone; needs the checkpoint (.pth)')
+        notes_option(p)
+
+    def notes_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument('--notes', default=None, metavar='FILE.md',
+                       help='your own notes for the card (limitations, what is left), shown under "Limitations and '
+                            'notes" apart from the measured sections')
 
     p = sub.add_parser('export', help='write config.json, model.safetensors and README.md to OUT_DIR')
     p.add_argument('checkpoint')
@@ -562,6 +592,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser('card', help='(re)write the model card of packaged weights from their <name>.json')
     p.add_argument('packaged_json')
     p.add_argument('out')
+    notes_option(p)  # replaces the notes the packaged JSON holds
     return parser
 
 
@@ -576,15 +607,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run_command(args: argparse.Namespace) -> None:
     if args.command == 'export':
-        run = export(args.checkpoint, args.out_dir, args.tag, args.results, args.log, full=args.full)
+        run = export(args.checkpoint, args.out_dir, args.tag, args.results, args.log, full=args.full,
+                     notes=args.notes)
         print(f'exported {run.name} to {args.out_dir} (repo {run.repo_id}); load it with '
               f'timm.create_model("local-dir:{os.path.abspath(args.out_dir)}", pretrained=True)')
     elif args.command == 'push':
         push(args.source, args.tag, args.results, args.repo_id, args.out_dir, args.dry_run, args.private,
-             args.commit_message, full=args.full)
+             args.commit_message, full=args.full, notes=args.notes)
     elif args.command == 'package':
-        weights, meta = package(args.checkpoint, args.tag, args.results, args.out_dir, args.log, full=args.full)
+        weights, meta = package(args.checkpoint, args.tag, args.results, args.out_dir, args.log, full=args.full,
+                                notes=args.notes)
         print(f'packaged {weights} and {meta}')
     else:
-        _write_text(args.out, render_card(run_from_packaged(args.packaged_json)))
+        notes = read_notes(args.notes)
+        run = run_from_packaged(args.packaged_json)
+        run.notes = notes or run.notes
+        _write_text(args.out, render_card(run))
         print(f'wrote the card of {args.packaged_json} to {args.out}')
