@@ -222,6 +222,26 @@ def run_time(records: List[Dict[str, Any]]) -> Tuple[float, float, bool]:
     return wall, cpu, complete
 
 
+def timed_span(invocation: List[Dict[str, Any]]) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """The first and last train records of one invocation that carry a CPU time (None with fewer than two steps
+    between them): the span over which its CPU-s per step is measured, startup and shutdown left out."""
+    timed = [r for r in invocation if r['event'] == 'train' and r.get('cpu_time_s') is not None]
+    if len(timed) < 2 or timed[-1]['step'] <= timed[0]['step']:
+        return None
+    return timed[0], timed[-1]
+
+
+def estimated_cpu_s(records: List[Dict[str, Any]], steps: int) -> Optional[float]:
+    """A killed and resumed run's CPU time, estimated as its `steps` x the CPU-s per step its invocations logged
+    (each between its first and last timed train records). Its logged sum is no measure: it counts the steps
+    between the last checkpoint and the kill twice and misses the time after the kill's last record. None when no
+    invocation has a span to measure."""
+    spans = [span for span in map(timed_span, invocations(records)) if span]
+    done = sum(last['step'] - first['step'] for first, last in spans)
+    spent = sum(last['cpu_time_s'] - first['cpu_time_s'] for first, last in spans)
+    return steps * spent / done if done else None
+
+
 def _initial_encoder(seed: int, out_dir: str, img_size: int = 32) -> str:
     """The encoder every pretraining row starts from (the wrapper's xavier init, this seed), as a file to probe."""
     import timm
@@ -252,8 +272,21 @@ def _read(path: str) -> Optional[Dict[str, Any]]:
         return json.load(f)
 
 
-def _equal_time_steps(rows_dir: str, seed: int) -> Optional[int]:
-    """MAE steps that fit in the reference RandSAC row's CPU time, at MAE's measured CPU time per step."""
+def _row_cpu_s(record: Dict[str, Any]) -> Tuple[Optional[float], bool]:
+    """(a finished row's pretraining CPU time, whether it is an estimate): the logged time of an unbroken run, else
+    `estimated_cpu_s` from the log beside its checkpoint (a killed and resumed run); (None, False) without it."""
+    if record.get('pretrain_cpu_s'):
+        return record['pretrain_cpu_s'], False
+    log = os.path.join(os.path.dirname(record.get('checkpoint') or ''), 'log.jsonl')
+    if not record.get('checkpoint') or not record.get('steps') or not os.path.isfile(log):
+        return None, False
+    estimate = estimated_cpu_s(read_log(log), record['steps'])
+    return estimate, estimate is not None
+
+
+def _equal_time_steps(rows_dir: str, seed: int) -> Optional[Tuple[int, Dict[str, Any]]]:
+    """(MAE steps that fit in the reference RandSAC row's CPU time at MAE's measured CPU time per step, the budget
+    as the row records it); None until both rows have a CPU time."""
     ref = _read(os.path.join(rows_dir, f'{_slug(EQUAL_TIME_REFERENCE)}-seed{seed}.json'))
     rate = _read(os.path.join(rows_dir, f'{_slug(EQUAL_TIME_RATE)}-seed{seed}.json'))
     if not ref or not rate:
@@ -264,12 +297,21 @@ def _equal_time_steps(rows_dir: str, seed: int) -> Optional[int]:
               f'counts ({ref.get("torch_threads")} and {rate.get("torch_threads")}): their CPU times do not compare; '
               f'pretrain both with the same --threads')
         return None
-    if not ref.get('pretrain_cpu_s') or not rate.get('pretrain_cpu_s'):
-        print(f'  skipped: the equal-CPU-time row needs complete CPU times of {EQUAL_TIME_REFERENCE!r} and '
-              f'{EQUAL_TIME_RATE!r} (seed {seed}); one was pretrained partly by a killed run whose time was not '
-              f'logged: delete its row file and its output folder to pretrain it again')
+    (ref_cpu, ref_estimated), (rate_cpu, rate_estimated) = _row_cpu_s(ref), _row_cpu_s(rate)
+    if not ref_cpu or not rate_cpu:
+        print(f'  skipped: the equal-CPU-time row needs the CPU times of {EQUAL_TIME_REFERENCE!r} and '
+              f'{EQUAL_TIME_RATE!r} (seed {seed}); one was pretrained partly by a killed run and its log.jsonl, which '
+              f'would give an estimate, is not beside its checkpoint: delete its row file and its output folder to '
+              f'pretrain it again')
         return None
-    return int(ref['pretrain_cpu_s'] / (rate['pretrain_cpu_s'] / rate['steps']))
+    for name, cpu, estimated in ((EQUAL_TIME_REFERENCE, ref_cpu, ref_estimated),
+                                 (EQUAL_TIME_RATE, rate_cpu, rate_estimated)):
+        if estimated:
+            print(f'  {name!r} (seed {seed}) was killed and resumed: its CPU time, {cpu / 60:.1f} min, is estimated '
+                  f'as its steps x the CPU-s per step its log recorded')
+    steps = int(ref_cpu / (rate_cpu / rate['steps']))
+    return steps, dict(reference_cpu_s=ref_cpu, reference_estimated=ref_estimated, rate_cpu_s_per_step=rate_cpu /
+                       rate['steps'], rate_estimated=rate_estimated, steps=steps)
 
 
 PROBE_KEYS = ('top1', 'lbfgs_top1', 'knn_top1', 'per_block_top1', 'pixel_linear_top1', 'pixel_lbfgs_top1',
@@ -369,11 +411,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             else:
                 max_steps = None
                 if row.get('equal_time'):
-                    max_steps = _equal_time_steps(rows_dir, seed)
-                    if max_steps is None:
+                    budget = _equal_time_steps(rows_dir, seed)
+                    if budget is None:
                         print(f'  skipped: needs the {EQUAL_TIME_REFERENCE!r} and {EQUAL_TIME_RATE!r} rows first, '
-                              f'with complete CPU times')
+                              f'with their CPU times')
                         continue
+                    max_steps, record['equal_time_budget'] = budget
                     # as many MAE steps as fit in RandSAC's CPU time, on a schedule sized for them
                     batch = row['pretrain'].get('batch_size', args.batch_size)
                     row = dict(row, pretrain=dict(row['pretrain'], epochs=max_steps / (args.train_samples // batch)))

@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation_grid import invocations, run_time  # noqa: E402
+from ablation_grid import invocations, run_time, timed_span  # noqa: E402
 
 from randsac_timm.train.run_log import read_log  # noqa: E402
 
@@ -24,10 +24,10 @@ def main() -> None:
             raise SystemExit(f'step_cost.py: error: {path} does not exist: give a run\'s log.jsonl')
         records = read_log(path)
         for i, invocation in enumerate(invocations(records)):
-            timed = [r for r in invocation if r['event'] == 'train' and r.get('cpu_time_s') is not None]
-            if len(timed) < 2:
+            span = timed_span(invocation)
+            if span is None:
                 continue
-            first, last = timed[0], timed[-1]
+            first, last = span
             rate = (last['cpu_time_s'] - first['cpu_time_s']) / (last['step'] - first['step'])
             print(f'{path}: invocation {i} steps {first["step"]}-{last["step"]}: {rate:.3f} CPU-s per step '
                   f'(ended with {invocation[-1]["event"]!r})')

@@ -41,7 +41,38 @@ def test_equal_time_row_waits_for_a_complete_reference(tmp_path):
     write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=None, steps=312)  # partly from a killed run: unknown
     assert _equal_time_steps(str(tmp_path), 0) is None
     write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=1000.0, steps=312)
-    assert _equal_time_steps(str(tmp_path), 0) == 500
+    assert _equal_time_steps(str(tmp_path), 0)[0] == 500
+
+
+def test_a_killed_and_resumed_reference_gets_its_cpu_time_from_its_per_step_rate(tmp_path):
+    """The reference row was killed at step 60 (last record at 40, last checkpoint at 20) and resumed from step 20:
+    its logged sum (40 + 90 CPU-s) counts steps 20-40 twice. Both invocations ran at 1 CPU-s a step between their
+    timed records, so its 100 steps cost 100 CPU-s, and MAE at 0.5 CPU-s a step gets 200 steps; without the log
+    beside its checkpoint the row still waits."""
+    import json
+
+    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_steps, _slug
+
+    def train(step, cpu):
+        return dict(event='train', step=step, wall_time_s=cpu, cpu_time_s=cpu)
+
+    run = tmp_path / 'run'
+    run.mkdir()
+    log = [dict(event='start', step=0), train(20, 25), train(40, 45),  # killed: no end record
+           dict(event='resume', step=20), dict(event='start', step=20), train(40, 25), train(100, 85),
+           dict(event='end', step=100, wall_time_s=90, cpu_time_s=90)]
+    (run / 'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in log))
+    rows = tmp_path / 'rows'
+    rows.mkdir()
+    (rows / f'{_slug(EQUAL_TIME_RATE)}-seed0.json').write_text(json.dumps(dict(pretrain_cpu_s=50.0, steps=100)))
+    ref = dict(pretrain_cpu_s=None, steps=100, checkpoint=str(run / 'checkpoint-last.pth'))
+    (rows / f'{_slug(EQUAL_TIME_REFERENCE)}-seed0.json').write_text(json.dumps(ref))
+    steps, budget = _equal_time_steps(str(rows), 0)
+    assert steps == 200 and budget['reference_cpu_s'] == 100 and budget['reference_estimated']
+    assert not budget['rate_estimated']
+    ref['checkpoint'] = str(tmp_path / 'elsewhere' / 'checkpoint-last.pth')
+    (rows / f'{_slug(EQUAL_TIME_REFERENCE)}-seed0.json').write_text(json.dumps(ref))
+    assert _equal_time_steps(str(rows), 0) is None
 
 
 def test_equal_time_row_refuses_cpu_times_from_different_thread_counts(tmp_path):
@@ -56,7 +87,7 @@ def test_equal_time_row_refuses_cpu_times_from_different_thread_counts(tmp_path)
     write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=1000.0, steps=312, torch_threads=1)
     assert _equal_time_steps(str(tmp_path), 1) is None
     write(EQUAL_TIME_RATE, pretrain_cpu_s=600.0, steps=300, torch_threads=1)
-    assert _equal_time_steps(str(tmp_path), 1) == 500
+    assert _equal_time_steps(str(tmp_path), 1)[0] == 500
 
 
 def _recipes():
