@@ -284,9 +284,10 @@ def _row_cpu_s(record: Dict[str, Any]) -> Tuple[Optional[float], bool]:
     return estimate, estimate is not None
 
 
-def _equal_time_steps(rows_dir: str, seed: int) -> Optional[Tuple[int, Dict[str, Any]]]:
-    """(MAE steps that fit in the reference RandSAC row's CPU time at MAE's measured CPU time per step, the budget
-    as the row records it); None until both rows have a CPU time."""
+def _equal_time_budget(rows_dir: str, seed: int) -> Optional[Dict[str, Any]]:
+    """The equal-time MAE row's budget as it records it: `steps`, the MAE steps that fit in the reference RandSAC
+    row's CPU time at MAE's measured CPU time per step, and where both times came from; None until both rows have
+    a CPU time."""
     ref = _read(os.path.join(rows_dir, f'{_slug(EQUAL_TIME_REFERENCE)}-seed{seed}.json'))
     rate = _read(os.path.join(rows_dir, f'{_slug(EQUAL_TIME_RATE)}-seed{seed}.json'))
     if not ref or not rate:
@@ -309,9 +310,9 @@ def _equal_time_steps(rows_dir: str, seed: int) -> Optional[Tuple[int, Dict[str,
         if estimated:
             print(f'  {name!r} (seed {seed}) was killed and resumed: its CPU time, {cpu / 60:.1f} min, is estimated '
                   f'as its steps x the CPU-s per step its log recorded')
-    steps = int(ref_cpu / (rate_cpu / rate['steps']))
-    return steps, dict(reference_cpu_s=ref_cpu, reference_estimated=ref_estimated, rate_cpu_s_per_step=rate_cpu /
-                       rate['steps'], rate_estimated=rate_estimated, steps=steps)
+    return dict(steps=int(ref_cpu / (rate_cpu / rate['steps'])), reference_cpu_s=ref_cpu,
+                reference_estimated=ref_estimated, rate_cpu_s_per_step=rate_cpu / rate['steps'],
+                rate_estimated=rate_estimated)
 
 
 PROBE_KEYS = ('top1', 'lbfgs_top1', 'knn_top1', 'per_block_top1', 'pixel_linear_top1', 'pixel_lbfgs_top1',
@@ -411,12 +412,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             else:
                 max_steps = None
                 if row.get('equal_time'):
-                    budget = _equal_time_steps(rows_dir, seed)
+                    budget = _equal_time_budget(rows_dir, seed)
                     if budget is None:
                         print(f'  skipped: needs the {EQUAL_TIME_REFERENCE!r} and {EQUAL_TIME_RATE!r} rows first, '
                               f'with their CPU times')
                         continue
-                    max_steps, record['equal_time_budget'] = budget
+                    record['equal_time_budget'] = budget
+                    max_steps = budget['steps']
                     # as many MAE steps as fit in RandSAC's CPU time, on a schedule sized for them
                     batch = row['pretrain'].get('batch_size', args.batch_size)
                     row = dict(row, pretrain=dict(row['pretrain'], epochs=max_steps / (args.train_samples // batch)))

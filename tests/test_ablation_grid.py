@@ -32,16 +32,16 @@ def test_log_without_any_timed_record_is_incomplete():
 def test_equal_time_row_waits_for_a_complete_reference(tmp_path):
     import json
 
-    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_steps, _slug
+    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_budget, _slug
 
     def write(name, **record):
         (tmp_path / f'{_slug(name)}-seed0.json').write_text(json.dumps(record))
 
     write(EQUAL_TIME_RATE, pretrain_cpu_s=600.0, steps=300)  # MAE: 2 CPU-s a step
     write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=None, steps=312)  # partly from a killed run: unknown
-    assert _equal_time_steps(str(tmp_path), 0) is None
+    assert _equal_time_budget(str(tmp_path), 0) is None
     write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=1000.0, steps=312)
-    assert _equal_time_steps(str(tmp_path), 0)[0] == 500
+    assert _equal_time_budget(str(tmp_path), 0)['steps'] == 500
 
 
 def test_a_killed_and_resumed_reference_gets_its_cpu_time_from_its_per_step_rate(tmp_path):
@@ -51,7 +51,7 @@ def test_a_killed_and_resumed_reference_gets_its_cpu_time_from_its_per_step_rate
     beside its checkpoint the row still waits."""
     import json
 
-    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_steps, _slug
+    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_budget, _slug
 
     def train(step, cpu):
         return dict(event='train', step=step, wall_time_s=cpu, cpu_time_s=cpu)
@@ -67,27 +67,27 @@ def test_a_killed_and_resumed_reference_gets_its_cpu_time_from_its_per_step_rate
     (rows / f'{_slug(EQUAL_TIME_RATE)}-seed0.json').write_text(json.dumps(dict(pretrain_cpu_s=50.0, steps=100)))
     ref = dict(pretrain_cpu_s=None, steps=100, checkpoint=str(run / 'checkpoint-last.pth'))
     (rows / f'{_slug(EQUAL_TIME_REFERENCE)}-seed0.json').write_text(json.dumps(ref))
-    steps, budget = _equal_time_steps(str(rows), 0)
-    assert steps == 200 and budget['reference_cpu_s'] == 100 and budget['reference_estimated']
+    budget = _equal_time_budget(str(rows), 0)
+    assert budget['steps'] == 200 and budget['reference_cpu_s'] == 100 and budget['reference_estimated']
     assert not budget['rate_estimated']
     ref['checkpoint'] = str(tmp_path / 'elsewhere' / 'checkpoint-last.pth')
     (rows / f'{_slug(EQUAL_TIME_REFERENCE)}-seed0.json').write_text(json.dumps(ref))
-    assert _equal_time_steps(str(rows), 0) is None
+    assert _equal_time_budget(str(rows), 0) is None
 
 
 def test_equal_time_row_refuses_cpu_times_from_different_thread_counts(tmp_path):
     import json
 
-    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_steps, _slug
+    from ablation_grid import EQUAL_TIME_RATE, EQUAL_TIME_REFERENCE, _equal_time_budget, _slug
 
     def write(name, **record):
         (tmp_path / f'{_slug(name)}-seed1.json').write_text(json.dumps(record))
 
     write(EQUAL_TIME_RATE, pretrain_cpu_s=600.0, steps=300, torch_threads=2)
     write(EQUAL_TIME_REFERENCE, pretrain_cpu_s=1000.0, steps=312, torch_threads=1)
-    assert _equal_time_steps(str(tmp_path), 1) is None
+    assert _equal_time_budget(str(tmp_path), 1) is None
     write(EQUAL_TIME_RATE, pretrain_cpu_s=600.0, steps=300, torch_threads=1)
-    assert _equal_time_steps(str(tmp_path), 1)[0] == 500
+    assert _equal_time_budget(str(tmp_path), 1)['steps'] == 500
 
 
 def _recipes():

@@ -192,14 +192,19 @@ def _per_block(results: Dict[str, Any]) -> List[Tuple[str, str]]:
     return out
 
 
+def _protocol_name(results: Dict[str, Any]) -> Optional[str]:
+    """'linear_probe', 'finetune', ...: the protocol a results file records (a dict with `name`, or a string)."""
+    protocol = results.get('protocol')
+    return protocol.get('name') if isinstance(protocol, dict) else protocol
+
+
 def command_of(results: Dict[str, Any]) -> Tuple[Optional[str], bool]:
     """(the command that produced `results`, whether it was rebuilt): its recorded `command`, else one rebuilt
     from its `hyperparameters` (every option that differs from the script's default), else None."""
     if results.get('command'):
         return str(results['command']), False
     hyper = results.get('hyperparameters')
-    protocol = results.get('protocol')
-    name = protocol.get('name') if isinstance(protocol, dict) else protocol
+    name = _protocol_name(results)
     if not isinstance(hyper, dict) or name not in ('linear_probe', 'finetune'):
         return None, False
     import dataclasses
@@ -402,8 +407,7 @@ def _against_pixels(run: RunRecord) -> str:
     difference: whether the features are worth more than the pixels they came from. '' when no record has both."""
     text = ''
     for fname, r in run.results:
-        protocol = r.get('protocol')
-        if (protocol.get('name') if isinstance(protocol, dict) else protocol) != 'linear_probe':
+        if _protocol_name(r) != 'linear_probe':
             continue  # a fine-tuned top-1 is not comparable with a linear readout of pixels
         rows = []
         for label, key, pixel_key in PIXEL_PAIRS:

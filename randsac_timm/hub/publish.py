@@ -554,6 +554,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m randsac_timm.hub', description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
 
+    def notes_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument('--notes', default=None, metavar='FILE.md',
+                       help='your own notes for the card (limitations, what is left), shown under "Limitations and '
+                            'notes" apart from the measured sections')
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument('--tag', default=None, help='weight tag (default from the data set, e.g. fmnist)')
         p.add_argument('--results', action='append', default=[], metavar='PATH',
@@ -562,11 +567,6 @@ def _parser() -> argparse.ArgumentParser:
                        help='the full pretraining model <wrapper>.<tag> (encoder, decoder, skip weights) for continued '
                             'pretraining, instead of the encoder alone; needs the checkpoint (.pth)')
         notes_option(p)
-
-    def notes_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument('--notes', default=None, metavar='FILE.md',
-                       help='your own notes for the card (limitations, what is left), shown under "Limitations and '
-                            'notes" apart from the measured sections')
 
     p = sub.add_parser('export', help='write config.json, model.safetensors and README.md to OUT_DIR')
     p.add_argument('checkpoint')
