@@ -111,6 +111,67 @@ PAPER_CIFAR10 = {'patch-raster': '55.5 (T1)', 'patch-random': '75.5 (T2)', 'squa
                  'blob(16), norm-pix': '81.0 (T7)', 'blob 16->4': '82.6 (T7)',
                  'blob 11->5 plain decoder': '88.0 (T8)', 'blob 11->5 two-stream': '84.4 (T8)'}
 
+# the paper's claims the claim rows test: (claim, the row it says is better, the row it says is worse, the paper's
+# numbers); the table says for each whether it holds here, seed by seed (the same seed: the same initialisation
+# and data order, so the difference is paired)
+CLAIMS = (
+    ('hierarchy beats flat: 7 -> 3 over 7 segments', 'blob 7->3', 'blob(7), norm-pix', 'T7: 82.7 vs 82.5'),
+    ('hierarchy beats flat: 11 -> 5 over 11 segments', 'blob 11->5 (skips)', 'blob(11), norm-pix',
+     'T7: 83.2 vs 82.0'),
+    ('hierarchy beats flat: 16 -> 4 over 16 segments', 'blob 16->4', 'blob(16), norm-pix', 'T7: 82.6 vs 81.0'),
+    ('random blobs beat random patches', 'blob(7), norm-pix', 'patch-random', 'T5 vs T2: 82.5 vs 75.5'),
+    ('the skip decoder beats the plain one', 'blob 11->5 (skips)', 'blob 11->5 plain decoder', 'T8: 89.5 vs 88.0'),
+    ('the skip decoder beats two-stream', 'blob 11->5 (skips)', 'blob 11->5 two-stream', 'T8: 89.5 vs 84.4'),
+    ('RandSAC beats MAE at equal epochs', 'blob 11->5 (skips)', 'MAE 75%',
+     'T9 (ViT-S, 1600 epochs): 93.9 vs 87.3'),
+    ('RandSAC beats MAE at equal CPU time', 'blob 11->5 (skips)', 'MAE 75%, RandSAC CPU time', 'not claimed'),
+)
+
+
+def claim_verdict(better: List[Dict[str, Any]], worse: List[Dict[str, Any]], key: str) -> Dict[str, Any]:
+    """Whether the row claimed `better` beats the one claimed `worse` under readout `key`, paired by seed: it
+    holds (or is reversed) when every seed agrees and the mean gap exceeds both rows' seed std; agreeing seeds
+    with a smaller gap are 'within the seed spread'. Fewer than two shared seeds give no verdict yet."""
+    by_seed = [{r['seed']: r[key] for r in rows if r.get(key) is not None} for rows in (better, worse)]
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    diffs = [by_seed[0][s] - by_seed[1][s] for s in seeds]
+    result: Dict[str, Any] = dict(seeds=seeds, diffs=diffs, mean=statistics.mean(diffs) if diffs else None)
+    if len(seeds) < 2:
+        result['verdict'] = 'waiting for both rows' if not seeds else 'one seed so far'
+        return result
+    spread = max(statistics.stdev([side[s] for s in seeds]) for side in by_seed)
+    if all(d > 0 for d in diffs) or all(d < 0 for d in diffs):
+        word = 'holds' if diffs[0] > 0 else 'reversed'
+        result['verdict'] = word if abs(result['mean']) > spread else f'{word}, within the seed spread'
+    else:
+        result['verdict'] = 'seeds disagree'
+    return result
+
+
+def _gap_text(verdict: Dict[str, Any]) -> str:
+    if not verdict['diffs']:
+        return '-'
+    each = ', '.join(f'{d:+.1f}' for d in verdict['diffs'])
+    return f'{verdict["mean"]:+.1f} ({each})' if len(verdict['diffs']) > 1 else each
+
+
+def _claim_lines(records: List[Dict[str, Any]]) -> Tuple[List[str], List[Dict[str, Any]]]:
+    """The claims table's markdown lines and its JSON entries."""
+    lines = ['', 'The paper\'s claims at this budget: the gap is the first row\'s top-1 minus the second\'s, mean '
+             '(then seed by seed, the same seed on both sides). A claim holds when every seed agrees and the mean gap '
+             'is larger than both rows\' seed std; two seeds are weak evidence either way.', '',
+             '| claim | rows | paper CIFAR-10 LIN | seeds | converged gap | converged | LARS gap | LARS |',
+             '|---|---|---|---|---|---|---|---|']
+    entries = []
+    for claim, better, worse, paper in CLAIMS:
+        sides = [[r for r in records if r['row'] == name] for name in (better, worse)]
+        converged, lars = (claim_verdict(*sides, key) for key in ('lbfgs_top1', 'top1'))
+        entries.append(dict(claim=claim, better=better, worse=worse, paper=paper, converged=converged, lars=lars))
+        seeds = ', '.join(map(str, converged['seeds'])) or '-'
+        lines.append(f'| {claim} | {better} vs {worse} | {paper} | {seeds} | {_gap_text(converged)} | '
+                     f'{converged["verdict"]} | {_gap_text(lars)} | {lars["verdict"]} |')
+    return lines, entries
+
 
 def _slug(name: str) -> str:
     return ''.join(c if c.isalnum() else '_' for c in name).strip('_').lower()
@@ -183,9 +244,11 @@ def _pretrain(row: Dict[str, Any], seed: int, args, out_dir: str, max_steps: Opt
     records = read_log(result.log)
     ips = [r['images_per_s'] for r in records if r['event'] == 'train'][1:]
     wall, cpu, complete = run_time(records)
+    # a killed and resumed run's logged time is no measure; its estimate is kept apart, so nothing takes it for one
+    estimate = None if complete else estimated_cpu_s(records, result.step)
     return dict(checkpoint=result.checkpoint, steps=result.step, final_loss=result.last_loss,
                 pretrain_wall_s=wall, pretrain_cpu_s=cpu if complete else None, pretrain_time_complete=complete,
-                images_per_s=statistics.mean(ips) if ips else None, config=values)
+                pretrain_cpu_s_estimated=estimate, images_per_s=statistics.mean(ips) if ips else None, config=values)
 
 
 def invocations(records: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
@@ -274,9 +337,12 @@ def _read(path: str) -> Optional[Dict[str, Any]]:
 
 def _row_cpu_s(record: Dict[str, Any]) -> Tuple[Optional[float], bool]:
     """(a finished row's pretraining CPU time, whether it is an estimate): the logged time of an unbroken run, else
-    `estimated_cpu_s` from the log beside its checkpoint (a killed and resumed run); (None, False) without it."""
+    the `estimated_cpu_s` of a killed and resumed run, as its row file records it or from the log beside its
+    checkpoint; (None, False) without either."""
     if record.get('pretrain_cpu_s'):
         return record['pretrain_cpu_s'], False
+    if record.get('pretrain_cpu_s_estimated'):
+        return record['pretrain_cpu_s_estimated'], True
     log = os.path.join(os.path.dirname(record.get('checkpoint') or ''), 'log.jsonl')
     if not record.get('checkpoint') or not record.get('steps') or not os.path.isfile(log):
         return None, False
@@ -517,11 +583,15 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         if not rs:
             continue
         ips = [r.get('images_per_s') for r in rs]
-        cpu_min = [r['pretrain_cpu_s'] / 60 for r in rs if r.get('pretrain_cpu_s')]
+        cpu = [(r['seed'], *_row_cpu_s(r)) for r in rs]
+        cpu_min = [seconds / 60 for _, seconds, _ in cpu if seconds]
+        estimated = [seed for seed, seconds, is_estimate in cpu if seconds and is_estimate]
+        cpu_text = _stats(cpu_min) + (f' (seed {", ".join(map(str, estimated))}: estimated)' if estimated else '')
         entry = dict(row=row['name'], group=row['group'], target=_target(row), seeds=[r['seed'] for r in rs],
                      top1=[r['top1'] for r in rs], lbfgs_top1=[r.get('lbfgs_top1') for r in rs],
                      knn_top1=[r['knn_top1'] for r in rs], per_block_top1=[r.get('per_block_top1') for r in rs],
-                     images_per_s=ips, pretrain_cpu_min=cpu_min, paper_cifar10=PAPER_CIFAR10.get(row['name']),
+                     images_per_s=ips, pretrain_cpu_min=cpu_min, pretrain_cpu_estimated_seeds=estimated,
+                     paper_cifar10=PAPER_CIFAR10.get(row['name']),
                      torch_threads=[r.get('torch_threads') for r in rs])
         threads = ', '.join('default' if t is None else str(t) for t in entry['torch_threads'])
         summary.append(entry)
@@ -529,7 +599,7 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         lines.append(f'| {row["name"]} | {row["group"]} | {entry["target"]} | {entry["trained_with"]} | '
                      f'{_stats(entry["top1"])} | '
                      f'{_stats(entry["lbfgs_top1"])} | {_stats(entry["knn_top1"])} | {_best_block(rs)} | {len(rs)} | '
-                     f'{_stats(ips)} | {_stats(cpu_min)} | {threads} | {PAPER_CIFAR10.get(row["name"], "-")} |')
+                     f'{_stats(ips)} | {cpu_text} | {threads} | {PAPER_CIFAR10.get(row["name"], "-")} |')
         if row['pretrain'] is None:
             pixels = dict(row='raw pixels', top1=[r.get('pixel_linear_top1') for r in rs],
                           lbfgs_top1=[r.get('pixel_lbfgs_top1') for r in rs],
@@ -542,8 +612,12 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
                          f'- | - | - | - |')
             lines.append(f'| raw pixels, PCA to the encoder width (128) | - | - | - | - | '
                          f'{_stats(pixels["pca_lbfgs_top1"])} | - | - | {len(rs)} | - | - | - | - |')
+    claims: List[Dict[str, Any]] = []
+    if args.recipes:  # the claim rows ran: say which of the paper's claims hold
+        claim_lines, claims = _claim_lines(records)
+        lines += claim_lines
     with open(os.path.join(root, f'{tag}.json'), 'w') as f:
-        json.dump(dict(tag=tag, hardware=hardware, args=vars(args), rows=summary), f, indent=2)
+        json.dump(dict(tag=tag, hardware=hardware, args=vars(args), rows=summary, claims=claims), f, indent=2)
     with open(os.path.join(root, f'{tag}.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     print('\n'.join(lines))

@@ -208,3 +208,61 @@ def test_the_recipe_table_says_what_each_row_trained(tmp_path, monkeypatch):
     assert lines['blob(11), norm-pix'][2:4] == ['raw', 'blob:11, skip decoder (paper)']
     summary = json.loads((tmp_path / 'recipe.json').read_text())
     assert {r['row']: r.get('trained_with') for r in summary['rows']}['MAE 75%'] == 'mask 0.85'
+
+
+def _seeded(name, **by_seed):
+    """Row records of `name` with converged top-1 by seed, e.g. _seeded('x', s0=84.0, s1=85.0)."""
+    return [dict(row=name, seed=int(k[1:]), lbfgs_top1=v) for k, v in by_seed.items()]
+
+
+def test_a_claim_holds_only_when_every_seed_agrees_by_more_than_the_seed_spread():
+    from ablation_grid import claim_verdict
+
+    def verdict(better, worse):
+        return claim_verdict(_seeded('a', **better), _seeded('b', **worse), 'lbfgs_top1')
+
+    # paired by seed, not by position: seed 1 listed first on one side
+    clear = verdict(dict(s1=85.0, s0=84.0), dict(s0=82.0, s1=83.0))
+    assert clear['verdict'] == 'holds' and clear['diffs'] == [2.0, 2.0] and clear['seeds'] == [0, 1]
+    assert verdict(dict(s0=84.0, s1=84.6), dict(s0=83.9, s1=84.4))['verdict'] == 'holds, within the seed spread'
+    assert verdict(dict(s0=82.0, s1=83.0), dict(s0=84.0, s1=85.0))['verdict'] == 'reversed'
+    assert verdict(dict(s0=84.0, s1=83.0), dict(s0=83.0, s1=84.0))['verdict'] == 'seeds disagree'
+    assert verdict(dict(s0=84.0, s1=83.0), dict(s0=83.0))['verdict'] == 'one seed so far'
+    assert verdict(dict(s0=84.0), dict(s1=83.0))['verdict'] == 'waiting for both rows'
+
+
+def test_the_recipe_table_tests_the_claims_and_marks_an_estimated_cpu_time(tmp_path, monkeypatch):
+    """A killed and resumed row's CPU time is shown as an estimate (its logged sum is no measure), and every claim
+    gets a verdict, or says which row it still waits for."""
+    import json
+
+    import ablation_grid
+    from ablation_grid import _slug
+
+    monkeypatch.setattr(ablation_grid, 'RESULTS', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / 'best.json'
+    path.write_text(json.dumps(_recipes()))
+    rows_dir = tmp_path / 'recipe'
+    rows_dir.mkdir()
+    scores = {'blob 11->5 (skips)': (84.0, 85.0), 'blob(11), norm-pix': (82.0, 83.0)}
+    for name, (first, second) in scores.items():
+        row = next(ablation_grid._with_recipe(r, ablation_grid.load_recipes(str(path)))
+                   for r in ablation_grid.ROWS if r['name'] == name)
+        for seed, top1 in enumerate((first, second)):
+            resumed = name == 'blob(11), norm-pix' and seed == 1
+            record = dict(row=name, seed=seed, pretrain=row['pretrain'], top1=top1 - 2, lbfgs_top1=top1,
+                          knn_top1=top1 - 3, images_per_s=100.0, torch_threads=1,
+                          pretrain_cpu_s=None if resumed else 3000.0,
+                          pretrain_cpu_s_estimated=2700.0 if resumed else None)
+            (rows_dir / f'{_slug(name)}-seed{seed}.json').write_text(json.dumps(record))
+    ablation_grid.main(['--recipes', str(path), '--tag', 'recipe', '--table-only'])
+    table = (tmp_path / 'recipe.md').read_text()
+    cells = {line.split(' | ')[0].lstrip('| '): line.split(' | ') for line in table.splitlines() if line.startswith('| ')}
+    assert cells['blob(11), norm-pix'][10] == '47.5 ± 3.5 (seed 1: estimated)'
+    assert cells['blob 11->5 (skips)'][10] == '50.0 ± 0.0'
+    hierarchy = cells['hierarchy beats flat: 11 -> 5 over 11 segments']
+    assert hierarchy[3:6] == ['0, 1', '+2.0 (+2.0, +2.0)', 'holds']
+    assert cells['hierarchy beats flat: 7 -> 3 over 7 segments'][5] == 'waiting for both rows'
+    claims = {c['claim']: c for c in json.loads((tmp_path / 'recipe.json').read_text())['claims']}
+    assert claims['hierarchy beats flat: 11 -> 5 over 11 segments']['lars']['verdict'] == 'holds'
