@@ -179,6 +179,12 @@ def test_a_restarted_run_counts_only_its_last_attempt():
     assert run_time(log) == (4, 7, True)
 
 
+def _table_cells(table):
+    """A markdown table's rows by their first cell: {first cell: the row split at ' | '}."""
+    rows = [line.split(' | ') for line in table.splitlines() if line.startswith('| ')]
+    return {row[0].lstrip('| '): row for row in rows}
+
+
 def test_the_recipe_table_says_what_each_row_trained(tmp_path, monkeypatch):
     """Under a recipe, 'MAE 75%' trains at the recipe's mask ratio and 'blob(11), norm-pix' on its target: the
     table must say what ran (28x28 native input, mask 0.85, raw target), not what the row's name suggests."""
@@ -203,7 +209,7 @@ def test_the_recipe_table_says_what_each_row_trained(tmp_path, monkeypatch):
     ablation_grid.main(['--recipes', str(path), '--tag', 'recipe', '--seeds', '1', '--table-only'])
     table = (tmp_path / 'recipe.md').read_text()
     assert '28x28 input (native), 7x7 grid' in table and '8x8' not in table
-    lines = {line.split(' | ')[0].lstrip('| '): line.split(' | ') for line in table.splitlines() if line.startswith('| ')}
+    lines = _table_cells(table)
     assert lines['MAE 75%'][2:4] == ['raw', 'mask 0.85']
     assert lines['blob(11), norm-pix'][2:4] == ['raw', 'blob:11, skip decoder (paper)']
     summary = json.loads((tmp_path / 'recipe.json').read_text())
@@ -260,8 +266,7 @@ def test_the_recipe_table_tests_the_claims_and_marks_an_estimated_cpu_time(tmp_p
             (rows_dir / f'{_slug(name)}-seed{seed}.json').write_text(json.dumps(record))
     ablation_grid.main(['--recipes', str(path), '--tag', 'recipe', '--table-only'])
     table = (tmp_path / 'recipe.md').read_text()
-    cells = {line.split(' | ')[0].lstrip('| '): line.split(' | ')
-             for line in table.splitlines() if line.startswith('| ')}
+    cells = _table_cells(table)
     assert cells['blob(11), norm-pix'][10] == '47.5 ± 3.5 (seed 1: estimated)'
     assert cells['blob 11->5 (skips)'][10] == '50.0 ± 0.0'
     hierarchy = cells['hierarchy beats flat: 11 -> 5 over 11 segments']
