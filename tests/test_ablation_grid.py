@@ -179,6 +179,14 @@ def test_a_restarted_run_counts_only_its_last_attempt():
     assert run_time(log) == (4, 7, True)
 
 
+def _recipe_row(name, recipes_path):
+    """Grid row `name` as the recipe file at `recipes_path` makes it."""
+    import ablation_grid
+
+    recipes = ablation_grid.load_recipes(str(recipes_path))
+    return next(ablation_grid._with_recipe(r, recipes) for r in ablation_grid.ROWS if r['name'] == name)
+
+
 def _table_cells(table):
     """A markdown table's rows by their first cell: {first cell: the row split at ' | '}."""
     rows = [line.split(' | ') for line in table.splitlines() if line.startswith('| ')]
@@ -201,10 +209,9 @@ def test_the_recipe_table_says_what_each_row_trained(tmp_path, monkeypatch):
     rows_dir = tmp_path / 'recipe'
     rows_dir.mkdir()
     for name in ('MAE 75%', 'blob(11), norm-pix'):
-        row = next(ablation_grid._with_recipe(r, ablation_grid.load_recipes(str(path)))
-                   for r in ablation_grid.ROWS if r['name'] == name)
-        record = dict(row=name, seed=0, pretrain=row['pretrain'], top1=80.0, lbfgs_top1=82.0, knn_top1=79.0,
-                      per_block_top1=[80.0, 82.0], images_per_s=100.0, pretrain_cpu_s=600.0, torch_threads=1)
+        record = dict(row=name, seed=0, pretrain=_recipe_row(name, path)['pretrain'], top1=80.0, lbfgs_top1=82.0,
+                      knn_top1=79.0, per_block_top1=[80.0, 82.0], images_per_s=100.0, pretrain_cpu_s=600.0,
+                      torch_threads=1)
         (rows_dir / f'{_slug(name)}-seed0.json').write_text(json.dumps(record))
     ablation_grid.main(['--recipes', str(path), '--tag', 'recipe', '--seeds', '1', '--table-only'])
     table = (tmp_path / 'recipe.md').read_text()
@@ -255,8 +262,7 @@ def test_the_recipe_table_tests_the_claims_and_marks_an_estimated_cpu_time(tmp_p
     rows_dir.mkdir()
     scores = {'blob 11->5 (skips)': (84.0, 85.0), 'blob(11), norm-pix': (82.0, 83.0)}
     for name, (first, second) in scores.items():
-        row = next(ablation_grid._with_recipe(r, ablation_grid.load_recipes(str(path)))
-                   for r in ablation_grid.ROWS if r['name'] == name)
+        row = _recipe_row(name, path)
         for seed, top1 in enumerate((first, second)):
             resumed = name == 'blob(11), norm-pix' and seed == 1
             record = dict(row=name, seed=seed, pretrain=row['pretrain'], top1=top1 - 2, lbfgs_top1=top1,
