@@ -21,8 +21,11 @@ Default: `'level_norm'`, kept because the measurement does not yet separate them
 (`benchmarks/ablation_grid.py`, 312 steps, `benchmarks/results/ablation_fair/`), the converged readout of the last
 block at seeds 0 / 1 is 78.62 / 77.89 (`level_norm`), 78.59 / 77.98 (`paper`) and 78.82 / 78.05 (`paper_last`):
 within 0.2 points at each seed, less than the 0.7-point spread between seeds, and the plain decoder (78.79 / 78.06)
-is as close, because at this budget the encoder barely leaves its initialisation. A longer budget (the real-budget
-grid, `ablation_grid.py --recipes`) decides; until then the default stays the form every earlier result used.
+is as close, because at this budget the encoder barely leaves its initialisation. At a real budget (the recipe grid,
+`ablation_grid.py --recipes`: 4.55 epochs of 60k, `paper_last`, 2 seeds) skips and plain still read out the same
+(converged +0.0: -0.1 and +0.1), and `W` stays near its start: the last block keeps 66-71 % of the first decoder
+layer's weight and 87-95 % of the second's (`benchmarks/skip_weights.py`, `results/skip_weights_recipe.json`).
+So no form has been shown to beat the plain decoder here, and the default stays the form every earlier result used.
 """
 from typing import List, Union
 
