@@ -12,12 +12,13 @@ larger counts for more than its coefficient says (`paper`/`paper_last` mix raw b
 trainable skips (plain and two-stream decoders, MAE) are listed and skipped.
 """
 import argparse
-import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from randsac_timm.train.checkpoint import CheckpointError, atomic_write, load_checkpoint  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ablation_grid import _write_row  # noqa: E402  (the benchmarks' atomic JSON writer, as in race.py)
+
+from randsac_timm.train.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 SKIP_WEIGHTS = 'decoder.memory.skip_weights'
 
@@ -56,8 +57,7 @@ def main() -> None:
         for layer, weights in enumerate(row['weights']):
             print(f'  W[{layer}] = {weights}')
     if args.out:
-        text = json.dumps(dict(command=' '.join(['python'] + sys.argv), rows=rows), indent=2)
-        atomic_write(args.out, lambda tmp: open(tmp, 'w').write(text + '\n'))
+        _write_row(args.out, dict(command=' '.join(['python'] + sys.argv), rows=rows))
 
 
 if __name__ == '__main__':
