@@ -409,6 +409,9 @@ def _write_row(path: str, record: Dict[str, Any]) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--seeds', type=int, default=2, help='seeds per row')
+    parser.add_argument('--only-seeds', type=int, nargs='+', default=None,
+                        help='run only these of the rows\' seeds (0 to --seeds - 1), e.g. to split the last rows\' '
+                             'seeds between two processes; the table still covers every seed finished')
     parser.add_argument('--train-samples', type=int, default=20000, help='pretraining images (a seeded subset)')
     parser.add_argument('--epochs', type=float, default=2, help='pretraining epochs (fractions allowed)')
     parser.add_argument('--batch-size', type=int, default=128)
@@ -441,6 +444,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         if args.threads < 1:
             raise SystemExit(f'--threads {args.threads}: give 1 or more CPU threads')
         torch.set_num_threads(args.threads)
+    bad_seeds = sorted(set(args.only_seeds or ()) - set(range(args.seeds)))
+    if bad_seeds:
+        raise SystemExit(f'--only-seeds {bad_seeds}: give seeds from 0 to {args.seeds - 1} (--seeds {args.seeds})')
     # the command that produced the rows (a --table-only call only re-tabulates them)
     not_rows = ('--table-only', '--reprobe', '--pretrain-only')  # flags that change what runs, not the rows' settings
     args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in not_rows]
@@ -459,7 +465,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args.random_init_size = recipes['RandSAC'].get('img_size', 32) if recipes else 32
 
     for row in [] if args.table_only else selected:
-        for seed in range(args.seeds):
+        for seed in args.only_seeds if args.only_seeds is not None else range(args.seeds):
             path = os.path.join(rows_dir, f'{_slug(row["name"])}-seed{seed}.json')
             done = _read(path)
             if done and same_settings(dict(pretrain=done.get('pretrain')), dict(pretrain=row['pretrain'])):

@@ -280,3 +280,37 @@ def test_the_recipe_table_tests_the_claims_and_marks_an_estimated_cpu_time(tmp_p
     assert cells['hierarchy beats flat: 7 -> 3 over 7 segments'][5] == 'waiting for both rows'
     claims = {c['claim']: c for c in json.loads((tmp_path / 'recipe.json').read_text())['claims']}
     assert claims['hierarchy beats flat: 11 -> 5 over 11 segments']['lars']['verdict'] == 'holds'
+
+
+def test_only_seeds_runs_just_those_seeds_and_refuses_one_outside_the_range(tmp_path, monkeypatch):
+    """Two processes split a row's seeds with --only-seeds: each must run its own seed and never the other's."""
+    import json
+
+    import pytest
+    import ablation_grid
+    from ablation_grid import _slug
+
+    monkeypatch.setattr(ablation_grid, 'RESULTS', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / 'best.json'
+    path.write_text(json.dumps(_recipes()))
+    pretrained = []
+
+    def fake_pretrain(row, seed, args, run_dir, max_steps=None):
+        pretrained.append((row['name'], seed))
+        return dict(checkpoint=str(tmp_path / f'ckpt-{seed}.pth'))
+
+    monkeypatch.setattr(ablation_grid, '_pretrain', fake_pretrain)
+    probed = dict(top1=79.0, lbfgs_top1=80.0, knn_top1=78.0)
+    monkeypatch.setattr(ablation_grid, '_probed', lambda record, *a, **k: dict(record, **probed))
+    row = 'blob 16->4'
+    argv = ['--recipes', str(path), '--tag', 'split', '--rows', row]
+    ablation_grid.main(argv + ['--only-seeds', '1'])
+    assert pretrained == [(row, 1)]
+    rows_dir = tmp_path / 'split'
+    assert not (rows_dir / f'{_slug(row)}-seed0.json').exists()
+    assert (rows_dir / f'{_slug(row)}-seed1.json').exists()
+    ablation_grid.main(argv)  # without the flag: seed 1 is finished, so only seed 0 runs
+    assert pretrained == [(row, 1), (row, 0)]
+    with pytest.raises(SystemExit, match='--only-seeds \\[2\\]: give seeds from 0 to 1'):
+        ablation_grid.main(argv + ['--only-seeds', '2'])
