@@ -403,11 +403,37 @@ def _probed(record: Dict[str, Any], checkpoint: str, seed: int, args, row: Dict[
 
 def _write_row(path: str, record: Dict[str, Any]) -> None:
     text = json.dumps(record, indent=2)
-    atomic_write(path, lambda tmp: open(tmp, 'w').write(text))
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+# flags that pick which rows and seeds one invocation runs: every invocation tabulates the whole grid, so the table's
+# command leaves them out
+SELECTION_FLAGS = ('--rows', '--only-seeds')
+
+
+def grid_command(argv: Sequence[str]) -> List[str]:
+    """`argv` without the selection flags and their values ('--rows a b' or '--rows=a'): the grid's own command."""
+    kept: List[str] = []
+    dropping = False
+    for arg in argv:
+        if arg.startswith('--'):
+            dropping = arg in SELECTION_FLAGS
+            if dropping or arg.split('=', 1)[0] in SELECTION_FLAGS:
+                continue
+        if not dropping:
+            kept.append(arg)
+    return kept
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # allow_abbrev=False: grid_command must recognise --rows and --only-seeds by their full names
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--seeds', type=int, default=2, help='seeds per row')
     parser.add_argument('--only-seeds', type=int, nargs='+', default=None,
                         help='run only these of the rows\' seeds (0 to --seeds - 1), e.g. to split the last rows\' '
@@ -457,10 +483,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     unknown = set(args.rows or ()) - {r['name'] for r in ROWS}
     if unknown:
         raise SystemExit(f'unknown rows {sorted(unknown)}; rows: {[r["name"] for r in ROWS]}')
-    selected = [r for r in ROWS if not args.rows or r['name'] in args.rows]
     recipes = load_recipes(args.recipes) if args.recipes else None
-    if recipes:
-        selected = [_with_recipe(r, recipes) for r in selected if r['name'] in CLAIM_ROWS]
+    grid = [_with_recipe(r, recipes) for r in ROWS if r['name'] in CLAIM_ROWS] if recipes else ROWS
+    selected = [r for r in grid if not args.rows or r['name'] in args.rows]
     # random init and raw pixels are probed at the RandSAC rows' input size (a recipe may use the native 28x28)
     args.random_init_size = recipes['RandSAC'].get('img_size', 32) if recipes else 32
 
@@ -505,7 +530,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             record['checkpoint'] = checkpoint
             _write_row(path, _probed(record, checkpoint, seed, args, row, start))
 
-    _write_table(root, args.tag, rows_dir, selected, args)
+    # the whole grid, not just this invocation's rows: two processes on disjoint rows must not each leave a partial table
+    _write_table(root, args.tag, rows_dir, grid, args)
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -566,7 +592,8 @@ def _recipe_text(args) -> str:
             f'(columns target and trained with)')
 
 
-def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, Any]], args) -> None:
+def _write_table(root: str, tag: str, rows_dir: str, grid: List[Dict[str, Any]], args) -> None:
+    """Tabulate every row of `grid` with a finished row file in `rows_dir`, whichever rows this invocation ran."""
     records = []
     for name in sorted(os.listdir(rows_dir)):
         with open(os.path.join(rows_dir, name)) as f:
@@ -581,14 +608,14 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         f'linear probe (fast '
         f'mode, {args.probe_epochs} epochs), converged = L-BFGS logistic regression on the same features, best '
         f'block = the block with the best converged readout; {hardware}. Mean ± std over the seeds. '
-        f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in args.argv)}`.',
+        f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in grid_command(args.argv))}`.',
         '',
         '| row | group | target | trained with | LARS top-1 | converged top-1 | kNN top-1 | best block | seeds '
         '| pretrain img/s | pretrain CPU-min | threads | paper CIFAR-10 LIN |',
         '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     summary = []
-    for row in selected:
+    for row in grid:
         rs = [r for r in records if r['row'] == row['name']]
         if not rs:
             continue
@@ -627,7 +654,9 @@ def _write_table(root: str, tag: str, rows_dir: str, selected: List[Dict[str, An
         claim_lines, claims = _claim_lines(records)
         lines += claim_lines
     with open(os.path.join(root, f'{tag}.json'), 'w') as f:
-        json.dump(dict(tag=tag, hardware=hardware, args=vars(args), rows=summary, claims=claims), f, indent=2)
+        settings = {k: v for k, v in vars(args).items() if k not in ('rows', 'only_seeds', 'argv')}
+        settings['argv'] = grid_command(args.argv)
+        json.dump(dict(tag=tag, hardware=hardware, args=settings, rows=summary, claims=claims), f, indent=2)
     with open(os.path.join(root, f'{tag}.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     print('\n'.join(lines))

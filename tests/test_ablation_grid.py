@@ -314,3 +314,35 @@ def test_only_seeds_runs_just_those_seeds_and_refuses_one_outside_the_range(tmp_
     assert pretrained == [(row, 1), (row, 0)]
     with pytest.raises(SystemExit, match='--only-seeds \\[2\\]: give seeds from 0 to 1'):
         ablation_grid.main(argv + ['--only-seeds', '2'])
+
+
+def test_an_invocation_on_some_rows_still_tabulates_the_whole_grid(tmp_path, monkeypatch):
+    """Two processes on disjoint --rows each rewrite the table when they end: whichever ends last must leave every
+    finished row and claim in it, under the grid's command (without the --rows / --only-seeds it was given)."""
+    import json
+
+    import ablation_grid
+
+    monkeypatch.setattr(ablation_grid, 'RESULTS', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / 'best.json'
+    path.write_text(json.dumps(_recipes()))
+    monkeypatch.setattr(ablation_grid, '_pretrain', lambda row, seed, *a, **k: dict(checkpoint=f'ckpt-{seed}.pth'))
+    scores = {'blob 11->5 (skips)': 84.0, 'blob(11), norm-pix': 82.0}
+    monkeypatch.setattr(ablation_grid, '_probed', lambda record, *a, **k: dict(
+        record, top1=scores[record['row']] - 2, lbfgs_top1=scores[record['row']], knn_top1=scores[record['row']] - 3))
+    common = ['--recipes', str(path), '--tag', 'split', '--seeds', '2', '--epochs', '1']
+    ablation_grid.main(common + ['--rows', 'blob(11), norm-pix', '--only-seeds', '0', '1'])
+    ablation_grid.main(common + ['--rows=blob 11->5 (skips)'])
+    table = (tmp_path / 'split.md').read_text()
+    cells = _table_cells(table)
+    assert cells['blob(11), norm-pix'][5] == '82.0 ± 0.0' and cells['blob 11->5 (skips)'][5] == '84.0 ± 0.0'
+    assert cells['hierarchy beats flat: 11 -> 5 over 11 segments'][3:5] == ['0, 1', '+2.0 (+2.0, +2.0)']
+    command = table.split('Command: `', 1)[1].split('`', 1)[0]
+    assert command == f'python benchmarks/ablation_grid.py --recipes {path} --tag split --seeds 2 --epochs 1'
+    summary = json.loads((tmp_path / 'split.json').read_text())
+    assert {r['row'] for r in summary['rows']} == set(scores)
+    assert 'rows' not in summary['args'] and 'only_seeds' not in summary['args']
+    from ablation_grid import grid_command
+    assert grid_command(['--rows', 'a b', 'c', '--epochs', '2', '--only-seeds', '1', '--rows=d', '--tag', 't']) == [
+        '--epochs', '2', '--tag', 't']
