@@ -8,7 +8,8 @@
 # evaluation the race's subsets (--eval-seed 0), so its curve continues the race's.
 #   PY=.venv/bin/python nohup bash benchmarks/fmnist_continue.sh >> output/fmnist_continue.log 2>&1 &
 # Result: benchmarks/results/fmnist_continue.json (probe results + the run's training CPU time); the run lives in
-# output/continue/ (resumable: rerun the command after a kill). About 60 CPU-min of training plus the probe.
+# output/continue/ (resumable: rerun the command after a kill). Measured: 82 wall-min of training (128 CPU-min
+# at torch's default 2 threads) plus a 6-min probe, on 2 cores.
 set -euo pipefail
 PY=${PY:-python}
 RUN=${RUN:-output/continue/randsac_28-x2}
@@ -19,8 +20,8 @@ $PY train_pretrain.py --model randsac_pretrain_vit_micro_patch4_28 --init randsa
   --dataset fashion_mnist --img-size 28 --max-train-samples 60000 --epochs 6.064034151547492 --batch-size 64 \
   --blr 0.003 --min-lr 1e-05 --warmup-epochs 0.6064034151547493 --weight-decay 0.05 --betas 0.9 0.999 \
   --segments blob:11-5 --no-norm-pix-loss --skip-memory paper_last --workers 0 --device cpu --seed 1 \
-  --save-every 100 --log-every 10 --vis-every 0 --no-progress --eval-every 0.7580042689434365 --eval-lbfgs --eval-seed 0 \
-  --output-dir "$RUN" ${DATA:+--data-dir "$DATA"}
+  --save-every 100 --log-every 10 --vis-every 0 --no-progress --eval-every 0.7580042689434365 --eval-lbfgs \
+  --eval-seed 0 --output-dir "$RUN" ${DATA:+--data-dir "$DATA"}
 $PY eval_linear.py --checkpoint "$RUN/checkpoint-last.pth" --fast --pixel-baselines --no-progress \
   --output-dir "$RUN/probe" ${DATA:+--data-dir "$DATA"}
 $PY - "$RUN" <<'EOF'
@@ -32,8 +33,13 @@ with open(f'{run}/log.jsonl') as f:
     records = [json.loads(line) for line in f if line.strip()]
 train = [r for r in records if r.get('event') == 'train']
 evals = [r for r in records if r.get('event') == 'eval']
+end = [r for r in records if r.get('event') == 'end'][-1]
+# the training process's CPU time without its online evaluations' (as the race counts it), torch's default threads
+eval_cpu_s = sum(r.get('eval_cpu_s', 0.0) for r in evals)
+timing = dict(train_cpu_min=(end['cpu_time_s'] - eval_cpu_s) / 60, eval_cpu_min=eval_cpu_s / 60,
+              wall_min=end['wall_time_s'] / 60, torch_threads='default (one per core)')
 out = dict(init='randsac_pretrain_vit_micro_patch4_28.fmnist', continued_epochs=6.064034151547492, seed=1,
-           last_train_record=train[-1] if train else None, online_evals=evals, probe=probe,
+           last_train_record=train[-1] if train else None, online_evals=evals, probe=probe, **timing,
            command='PY=.venv/bin/python bash benchmarks/fmnist_continue.sh')
 with open('benchmarks/results/fmnist_continue.json', 'w') as f:
     json.dump(out, f, indent=2)
