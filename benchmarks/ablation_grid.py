@@ -473,9 +473,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     bad_seeds = sorted(set(args.only_seeds or ()) - set(range(args.seeds)))
     if bad_seeds:
         raise SystemExit(f'--only-seeds {bad_seeds}: give seeds from 0 to {args.seeds - 1} (--seeds {args.seeds})')
-    # the command that produced the rows (a --table-only call only re-tabulates them)
+    # the grid's command, the one the table names (a --table-only call only re-tabulates its rows)
     not_rows = ('--table-only', '--reprobe', '--pretrain-only')  # flags that change what runs, not the rows' settings
-    args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in not_rows]
+    args.argv = grid_command([a for a in (sys.argv[1:] if argv is None else argv) if a not in not_rows])
     root = RESULTS
     rows_dir = os.path.join(root, args.tag)
     work = os.path.join('output', 'ablation', args.tag)
@@ -530,7 +530,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             record['checkpoint'] = checkpoint
             _write_row(path, _probed(record, checkpoint, seed, args, row, start))
 
-    # the whole grid, not just this invocation's rows: two processes on disjoint rows must not each leave a partial table
+    # the whole grid, not just this invocation's rows: two processes on disjoint rows must not leave a partial table
     _write_table(root, args.tag, rows_dir, grid, args)
 
 
@@ -608,7 +608,7 @@ def _write_table(root: str, tag: str, rows_dir: str, grid: List[Dict[str, Any]],
         f'linear probe (fast '
         f'mode, {args.probe_epochs} epochs), converged = L-BFGS logistic regression on the same features, best '
         f'block = the block with the best converged readout; {hardware}. Mean ± std over the seeds. '
-        f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in grid_command(args.argv))}`.',
+        f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in args.argv)}`.',
         '',
         '| row | group | target | trained with | LARS top-1 | converged top-1 | kNN top-1 | best block | seeds '
         '| pretrain img/s | pretrain CPU-min | threads | paper CIFAR-10 LIN |',
@@ -654,8 +654,8 @@ def _write_table(root: str, tag: str, rows_dir: str, grid: List[Dict[str, Any]],
         claim_lines, claims = _claim_lines(records)
         lines += claim_lines
     with open(os.path.join(root, f'{tag}.json'), 'w') as f:
-        settings = {k: v for k, v in vars(args).items() if k not in ('rows', 'only_seeds', 'argv')}
-        settings['argv'] = grid_command(args.argv)
+        # the grid's settings, not this call's selection
+        settings = {k: v for k, v in vars(args).items() if k not in ('rows', 'only_seeds')}
         json.dump(dict(tag=tag, hardware=hardware, args=settings, rows=summary, claims=claims), f, indent=2)
     with open(os.path.join(root, f'{tag}.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
