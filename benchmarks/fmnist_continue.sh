@@ -8,7 +8,7 @@
 # evaluation the race's subsets (--eval-seed 0), so its curve continues the race's.
 #   PY=.venv/bin/python nohup bash benchmarks/fmnist_continue.sh >> output/fmnist_continue.log 2>&1 &
 # Result: benchmarks/results/fmnist_continue.json (probe results + the run's training CPU time); the run lives in
-# output/continue/ (resumable: rerun the command after a kill). Measured: 82 wall-min of training (128 CPU-min
+# output/continue/ (resumable: rerun the command after a kill). Measured: 79 wall-min of training (128 CPU-min
 # at torch's default 2 threads) plus a 6-min probe, on 2 cores.
 set -euo pipefail
 PY=${PY:-python}
@@ -26,18 +26,18 @@ $PY eval_linear.py --checkpoint "$RUN/checkpoint-last.pth" --fast --pixel-baseli
   --output-dir "$RUN/probe" ${DATA:+--data-dir "$DATA"}
 $PY - "$RUN" <<'EOF'
 import json, sys
+from randsac_timm.train.curves import read_curves
+from randsac_timm.train.run_log import read_log
 run = sys.argv[1]
 with open(f'{run}/probe/results.json') as f:
     probe = json.load(f)
-with open(f'{run}/log.jsonl') as f:
-    records = [json.loads(line) for line in f if line.strip()]
+records = read_log(f'{run}/log.jsonl')
 train = [r for r in records if r.get('event') == 'train']
 evals = [r for r in records if r.get('event') == 'eval']
-end = [r for r in records if r.get('event') == 'end'][-1]
-# the training process's CPU time without its online evaluations' (as the race counts it), torch's default threads
-eval_cpu_s = sum(r.get('eval_cpu_s', 0.0) for r in evals)
-timing = dict(train_cpu_min=(end['cpu_time_s'] - eval_cpu_s) / 60, eval_cpu_min=eval_cpu_s / 60,
-              wall_min=end['wall_time_s'] / 60, torch_threads='default (one per core)')
+# training time as the race counts it (benchmarks/race.py): stitched across resumes, the online evaluations left out
+curves = read_curves(f'{run}/log.jsonl')
+timing = dict(train_cpu_min=curves.train_cpu_s[-1] / 60, train_wall_min=curves.train_wall_s[-1] / 60,
+              eval_cpu_min=sum(r.get('eval_cpu_s', 0.0) for r in evals) / 60, torch_threads='default (one per core)')
 out = dict(init='randsac_pretrain_vit_micro_patch4_28.fmnist', continued_epochs=6.064034151547492, seed=1,
            last_train_record=train[-1] if train else None, online_evals=evals, probe=probe, **timing,
            command='PY=.venv/bin/python bash benchmarks/fmnist_continue.sh')
