@@ -262,7 +262,7 @@ def create_randsac_pretrain(encoder_name: str, pretrained: bool = False, **kwarg
 # Full pretraining models shipped in randsac_timm/hub/weights/ (`hub package --full`), declared before their file exists
 # so that `pretrained=True` says how to make it: {wrapper: (tag, ...)}
 PACKAGED_PRETRAIN_TAGS: Dict[str, Tuple[str, ...]] = {'randsac_pretrain_vit_micro_patch4_32': ('fmnist',),
-                                                      'randsac_pretrain_vit_micro_patch4_28': ('fmnist',)}
+                                                      'randsac_pretrain_vit_micro_patch4_28': ('fmnist', 'fmnist_x2')}
 default_cfgs = pretrain_default_cfgs(
     {f'randsac_pretrain_{name[len("randsac_"):]}': name for name in PRETRAIN_ARGS}, PACKAGED_PRETRAIN_TAGS)
 
