@@ -1,0 +1,58 @@
+"""`benchmarks/race_continue.py`: run 2 starts from run 1's last weights with a new data order and the same step
+count, finished stages are not rerun, and the result file holds what each stage measured."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import race_continue  # noqa: E402
+
+from randsac_timm.train.run_log import read_log  # noqa: E402
+
+
+def _tiny(monkeypatch, probed):
+    """The race's committed MAE config, shrunk to two steps per run on 128 real images; the probe recorded, not run."""
+    real = race_continue.race_config
+
+    def tiny_config(method):
+        race = real(method)
+        race['config'].update(max_train_samples=128, epochs=1, warmup_epochs=0.5, eval_every=1,
+                              eval_train_samples=100, eval_test_samples=50)
+        return race
+
+    monkeypatch.setattr(race_continue, 'race_config', tiny_config)
+    monkeypatch.setattr(race_continue, 'probe', lambda checkpoint, out, data_dir: probed.append(checkpoint) or
+                        dict(top1=50.0, checkpoint=checkpoint))
+
+
+def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, monkeypatch):
+    probed = []
+    _tiny(monkeypatch, probed)
+    out = tmp_path / 'MAE.json'
+    race_continue.main(['--method', 'MAE', '--work', str(tmp_path), '--out', str(out)])
+    run1, run2 = tmp_path / 'MAE-seed0', tmp_path / 'MAE-x2'
+    start1, = [r for r in read_log(str(run1 / 'log.jsonl')) if r['event'] == 'start']
+    start2, = [r for r in read_log(str(run2 / 'log.jsonl')) if r['event'] == 'start']
+    assert start1['init'] is None
+    assert start2['init']['path'] == str(run1 / 'checkpoint-last.pth')  # run 2 starts from run 1's last weights
+    assert start1['config']['seed'] == 0 and start2['config']['seed'] == 1  # a new data order
+    result = json.loads(out.read_text())
+    assert result['run1']['steps'] == result['run2']['steps'] == 2  # as many steps again
+    assert result['run2']['probe']['checkpoint'] == str(run2 / 'checkpoint-last.pth')
+    assert result['run1']['probe']['checkpoint'] == str(run1 / 'checkpoint-last.pth')
+    assert result['rerun_check']['rerun_final_loss'] == result['run1']['final_loss']
+    assert result['run1']['online_evals'] and result['run2']['online_evals']
+
+    # a second invocation finds both runs finished: nothing is trained again
+    race_continue.main(['--method', 'MAE', '--work', str(tmp_path), '--out', str(out)])
+    for run in (run1, run2):
+        assert sum(r['event'] == 'start' for r in read_log(str(run / 'log.jsonl'))) == 1
+
+
+def test_a_killed_first_run_is_not_finished(tmp_path):
+    log = tmp_path / 'log.jsonl'
+    log.write_text(json.dumps(dict(event='start')) + '\n' + json.dumps(dict(event='train', step=1, epoch=0.5)) + '\n')
+    assert not race_continue.finished(str(tmp_path), 1.0)
+    with open(log, 'a') as f:
+        f.write(json.dumps(dict(event='train', step=2, epoch=1.0)) + '\n' + json.dumps(dict(event='end')) + '\n')
+    assert race_continue.finished(str(tmp_path), 1.0)
