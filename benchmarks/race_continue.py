@@ -67,6 +67,13 @@ def finished(out_dir: str, epochs: float) -> bool:
         r.get('event') == 'end' for r in read_log(log))
 
 
+def last_step(out_dir: str) -> int:
+    """The last logged optimizer step of the run in `out_dir` (0 before it starts)."""
+    log = os.path.join(out_dir, 'log.jsonl')
+    train = [r for r in read_log(log) if r.get('event') == 'train'] if os.path.exists(log) else []
+    return train[-1]['step'] if train else 0
+
+
 def train(values: Dict[str, Any]) -> None:
     from randsac_timm.train.engine import train as run_training
 
@@ -100,7 +107,8 @@ def rerun_check(race: Dict[str, Any], run1: Dict[str, Any]) -> Dict[str, Any]:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     parser.add_argument('--method', choices=('MAE', 'RandSAC'), required=True)
-    parser.add_argument('--threads', type=int, default=1, help='torch threads while training (the race used 1)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads while training (the race used 1); the step counts do not depend on it')
     parser.add_argument('--data-dir', default=None)
     parser.add_argument('--work', default=os.path.join(ROOT, 'output', 'continue'))
     parser.add_argument('--out', default=None, help='result file (default results/race_continue/<method>.json)')
@@ -116,9 +124,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     run2_dir = os.path.join(args.work, f'{args.method}-x2')
     result: Dict[str, Any] = _read(out) or {}
     result.update(method=args.method, race_run=f'benchmarks/results/race_recipe/{args.method}-seed0.json',
-                  epochs_per_run=config['epochs'], threads=args.threads,
+                  epochs_per_run=config['epochs'],
                   command=f'python benchmarks/race_continue.py --method {args.method}'
                           + (f' --threads {args.threads}' if args.threads != 1 else ''))
+    # each invocation's thread count and where it found the runs, so a run resumed at another count says so
+    result.setdefault('invocations', []).append(
+        dict(threads=args.threads, run1_step=last_step(run1_dir), run2_step=last_step(run2_dir)))
     torch.set_num_threads(args.threads)
 
     if not finished(run1_dir, config['epochs']):

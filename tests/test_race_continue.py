@@ -47,6 +47,8 @@ def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, m
     race_continue.main(['--method', 'MAE', '--work', str(tmp_path), '--out', str(out)])
     for run in (run1, run2):
         assert sum(r['event'] == 'start' for r in read_log(str(run / 'log.jsonl'))) == 1
+    assert json.loads(out.read_text())['invocations'] == [dict(threads=1, run1_step=0, run2_step=0),
+                                                           dict(threads=1, run1_step=2, run2_step=2)]
 
 
 def test_a_killed_first_run_is_not_finished(tmp_path):
