@@ -46,32 +46,37 @@ def race_config(method: str) -> Dict[str, Any]:
         return json.load(f)
 
 
+def _records(out_dir: str) -> List[Dict[str, Any]]:
+    """The run log of `out_dir` (empty before the run starts)."""
+    log = os.path.join(out_dir, 'log.jsonl')
+    return read_log(log) if os.path.exists(log) else []
+
+
+def _events(records: List[Dict[str, Any]], event: str) -> List[Dict[str, Any]]:
+    return [r for r in records if r.get('event') == event]
+
+
 def run_summary(out_dir: str) -> Dict[str, Any]:
     """A finished run's training time as the race counts it (stitched across resumes, evaluations left out), its last
     training record and its online evaluations."""
-    records = read_log(os.path.join(out_dir, 'log.jsonl'))
-    train = [r for r in records if r.get('event') == 'train']
+    records = _records(out_dir)
+    last = _events(records, 'train')[-1]
     curves = read_curves(os.path.join(out_dir, 'log.jsonl'))
     return dict(train_cpu_min=curves.train_cpu_s[-1] / 60, train_wall_min=curves.train_wall_s[-1] / 60,
-                steps=train[-1]['step'], final_loss=train[-1]['loss'],
-                online_evals=[r for r in records if r.get('event') == 'eval'])
+                steps=last['step'], final_loss=last['loss'], online_evals=_events(records, 'eval'))
 
 
 def finished(out_dir: str, epochs: float) -> bool:
     """Whether the run in `out_dir` trained to its last epoch (a killed run has not)."""
-    log = os.path.join(out_dir, 'log.jsonl')
-    if not os.path.exists(log):
-        return False
-    train = [r for r in read_log(log) if r.get('event') == 'train']
-    return bool(train) and train[-1]['epoch'] >= epochs - 1e-9 and any(
-        r.get('event') == 'end' for r in read_log(log))
+    records = _records(out_dir)
+    logged = _events(records, 'train')
+    return bool(logged) and logged[-1]['epoch'] >= epochs - 1e-9 and bool(_events(records, 'end'))
 
 
 def last_step(out_dir: str) -> int:
     """The last logged optimizer step of the run in `out_dir` (0 before it starts)."""
-    log = os.path.join(out_dir, 'log.jsonl')
-    train = [r for r in read_log(log) if r.get('event') == 'train'] if os.path.exists(log) else []
-    return train[-1]['step'] if train else 0
+    logged = _events(_records(out_dir), 'train')
+    return logged[-1]['step'] if logged else 0
 
 
 def train(values: Dict[str, Any]) -> None:

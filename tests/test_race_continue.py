@@ -10,8 +10,8 @@ import race_continue  # noqa: E402
 from randsac_timm.train.run_log import read_log  # noqa: E402
 
 
-def _tiny(monkeypatch, probed):
-    """The race's committed MAE config, shrunk to two steps per run on 128 real images; the probe recorded, not run."""
+def _tiny(monkeypatch):
+    """The race's committed MAE config, shrunk to two steps per run on 128 real images; the probe stubbed: it names the checkpoint it was given."""
     real = race_continue.race_config
 
     def tiny_config(method):
@@ -21,13 +21,12 @@ def _tiny(monkeypatch, probed):
         return race
 
     monkeypatch.setattr(race_continue, 'race_config', tiny_config)
-    monkeypatch.setattr(race_continue, 'probe', lambda checkpoint, out, data_dir: probed.append(checkpoint) or
-                        dict(top1=50.0, checkpoint=checkpoint))
+    monkeypatch.setattr(race_continue, 'probe',
+                        lambda checkpoint, out, data_dir: dict(top1=50.0, checkpoint=checkpoint))
 
 
 def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, monkeypatch):
-    probed = []
-    _tiny(monkeypatch, probed)
+    _tiny(monkeypatch)
     out = tmp_path / 'MAE.json'
     race_continue.main(['--method', 'MAE', '--work', str(tmp_path), '--out', str(out)])
     run1, run2 = tmp_path / 'MAE-seed0', tmp_path / 'MAE-x2'
