@@ -11,7 +11,8 @@ from randsac_timm.train.run_log import read_log  # noqa: E402
 
 
 def _tiny(monkeypatch):
-    """The race's committed MAE config, shrunk to two steps per run on 128 real images; the probe stubbed: it names the checkpoint it was given."""
+    """The race's committed MAE config, shrunk to two steps per run on 128 real images; the probe stubbed (it returns
+    the checkpoint it was given)."""
     real = race_continue.race_config
 
     def tiny_config(method):
