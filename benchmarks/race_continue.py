@@ -1,23 +1,27 @@
-"""The race's second hour: rerun one of the time-to-accuracy race's seed-0 runs, continue it for as many steps again
+"""The race's second hour: rerun one of the time-to-accuracy race's runs, continue it for as many steps again
 with the same recipe, and probe both ends on the full split.
 
-    python benchmarks/race_continue.py --method MAE          # ~2 x 55 CPU-min at 1 thread, then two 6-min probes
+    python benchmarks/race_continue.py --method MAE            # the race's seed 0: ~2 x 55 CPU-min, two 6-min probes
+    python benchmarks/race_continue.py --method MAE --seed 1   # the race's seed 1, for a spread
 
 `benchmarks/fmnist_continue.sh` gave RandSAC this second hour (it continued the shipped weights, which are the race's
-RandSAC seed-0 run). This script gives MAE the same, so the two methods can be compared at two race budgets each:
-  1. run 1: the race's run, again, from its own committed config (`benchmarks/results/race_recipe/<method>-seed0.json`,
-     "config": recipe, epochs, seed 0, the online evaluation on the race's subsets); its final loss and online readouts
-     are checked against the race's, which says whether the rerun is the race's run;
+RandSAC seed-0 run). This script gives MAE the same, and either method's seed 1 its own, so the two methods can be
+compared at two race budgets each:
+  1. run 1: the race's run, again, from its own committed config (`benchmarks/results/race_recipe/
+     <method>-seed<S>.json` "config": recipe, epochs, seed S, the online evaluation on the race's subsets); its final
+     loss and online readouts are checked against the race's, which says whether the rerun is the race's run;
   2. run 2: a warm restart from run 1's weights (`--init`: fresh optimizer, warmup and cosine schedule), the same
-     recipe and step count, data order seed 1 (so it does not replay run 1's batches), evaluated on the same subsets,
-     exactly as `fmnist_continue.sh` continued RandSAC;
+     recipe and step count, data order seed S + 1 (so it does not replay run 1's batches), evaluated on the same
+     subsets, exactly as `fmnist_continue.sh` continued RandSAC (its seed 0);
   3. `eval_linear.py --fast --pixel-baselines` on run 2's and run 1's last checkpoints, the shipped weights' probe.
 The step counts are the race's: each run's epochs are what the race's 60 CPU-min bought that method at 1 thread, so
 both methods get two equal budgets on the race's scale whatever this machine's load. Runs train at `--threads`
 (default 1, the race's) and are resumable stage by stage: rerun the command after a kill.
 
-Output: `benchmarks/results/race_continue/<method>.json` (both runs' training time, online evaluations, probes and the
-rerun check), rewritten after every stage. Runs live in `output/continue/<method>-seed0` and `<method>-x2`.
+Output: `benchmarks/results/race_continue/<method>-seed<S>.json` (both runs' training time, online evaluations, probes
+and the rerun check), rewritten after every stage. Runs live in `output/continue/<method>-seed<S>` and
+`<method>-seed<S>-x2`. A missing race record, data set or probe failure ends in one line (exit 2), keeping every
+finished stage.
 """
 import argparse
 import json
@@ -39,9 +43,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, 'benchmarks', 'results')
 
 
-def race_config(method: str) -> Dict[str, Any]:
-    """The trainer values of the race's `method` seed-0 run, as the race committed them."""
-    path = os.path.join(RESULTS, 'race_recipe', f'{method}-seed0.json')
+class ProbeFailed(RuntimeError):
+    """`eval_linear.py` stopped on a run's checkpoint (its own error is printed above this script's)."""
+
+
+def race_config(method: str, seed: int = 0) -> Dict[str, Any]:
+    """The trainer values of the race's `method` run with `seed`, as the race committed them."""
+    path = os.path.join(RESULTS, 'race_recipe', f'{method}-seed{seed}.json')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'no race record {path}: give --method and --seed of a committed race run '
+                                f'(benchmarks/results/race_recipe/, written by benchmarks/race.py --recipes)')
     with open(path) as f:
         return json.load(f)
 
@@ -94,7 +105,9 @@ def probe(checkpoint: str, out_dir: str, data_dir: Optional[str]) -> Dict[str, A
                '--pixel-baselines', '--no-progress', '--output-dir', out_dir]
         if data_dir:
             cmd += ['--data-dir', data_dir]
-        subprocess.run(cmd, check=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise ProbeFailed(f'eval_linear.py failed on {checkpoint} (its error is above); fix it and rerun this '
+                              f'command: the finished runs are kept')
     with open(path) as f:
         return json.load(f)
 
@@ -112,25 +125,29 @@ def rerun_check(race: Dict[str, Any], run1: Dict[str, Any]) -> Dict[str, Any]:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     parser.add_argument('--method', choices=('MAE', 'RandSAC'), required=True)
+    parser.add_argument('--seed', type=int, default=0, help="the race's seed to rerun and continue (0 or 1)")
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads while training (the race used 1); the step counts do not depend on it')
     parser.add_argument('--data-dir', default=None)
     parser.add_argument('--work', default=os.path.join(ROOT, 'output', 'continue'))
-    parser.add_argument('--out', default=None, help='result file (default results/race_continue/<method>.json)')
+    parser.add_argument('--out', default=None,
+                        help='result file (default results/race_continue/<method>-seed<seed>.json)')
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    race = race_config(args.method)
+    race = race_config(args.method, args.seed)
     config = dict(race['config'], data_dir=args.data_dir)
-    out = args.out or os.path.join(RESULTS, 'race_continue', f'{args.method}.json')
-    run1_dir = os.path.join(args.work, f'{args.method}-seed0')
-    run2_dir = os.path.join(args.work, f'{args.method}-x2')
+    name = f'{args.method}-seed{args.seed}'
+    out = args.out or os.path.join(RESULTS, 'race_continue', f'{name}.json')
+    run1_dir = os.path.join(args.work, name)
+    run2_dir = os.path.join(args.work, f'{name}-x2')
     result: Dict[str, Any] = _read(out) or {}
-    result.update(method=args.method, race_run=f'benchmarks/results/race_recipe/{args.method}-seed0.json',
+    result.update(method=args.method, seed=args.seed, race_run=f'benchmarks/results/race_recipe/{name}.json',
                   epochs_per_run=config['epochs'],
                   command=f'python benchmarks/race_continue.py --method {args.method}'
+                          + (f' --seed {args.seed}' if args.seed else '')
                           + (f' --threads {args.threads}' if args.threads != 1 else ''))
     # each invocation's thread count and where it found the runs, so a run resumed at another count says so
     result.setdefault('invocations', []).append(
@@ -144,7 +161,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     _write_row(out, result)
 
     if not finished(run2_dir, config['epochs']):
-        train(dict(config, output_dir=run2_dir, seed=1, init=os.path.join(run1_dir, 'checkpoint-last.pth')))
+        train(dict(config, output_dir=run2_dir, seed=args.seed + 1,
+                   init=os.path.join(run1_dir, 'checkpoint-last.pth')))
     result['run2'] = run_summary(run2_dir)
     _write_row(out, result)
 
@@ -160,4 +178,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    from randsac_timm.train.config import run_cli
+
+    sys.exit(run_cli('race_continue.py', main, (ProbeFailed,)))

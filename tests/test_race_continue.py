@@ -2,7 +2,10 @@
 count, finished stages are not rerun, and the result file holds what each stage measured."""
 import json
 import os
+import subprocess
 import sys
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
 import race_continue  # noqa: E402
@@ -15,8 +18,8 @@ def _tiny(monkeypatch):
     the checkpoint it was given)."""
     real = race_continue.race_config
 
-    def tiny_config(method):
-        race = real(method)
+    def tiny_config(method, seed=0):
+        race = real(method, seed)
         race['config'].update(max_train_samples=128, epochs=1, warmup_epochs=0.5, eval_every=1,
                               eval_train_samples=100, eval_test_samples=50)
         return race
@@ -26,16 +29,18 @@ def _tiny(monkeypatch):
                         lambda checkpoint, out, data_dir: dict(top1=50.0, checkpoint=checkpoint))
 
 
-def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, monkeypatch):
+@pytest.mark.parametrize('seed', [0, 1])
+def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, monkeypatch, seed):
     _tiny(monkeypatch)
     out = tmp_path / 'MAE.json'
-    race_continue.main(['--method', 'MAE', '--work', str(tmp_path), '--out', str(out)])
-    run1, run2 = tmp_path / 'MAE-seed0', tmp_path / 'MAE-x2'
+    race_continue.main(['--method', 'MAE', '--seed', str(seed), '--work', str(tmp_path), '--out', str(out)])
+    run1, run2 = tmp_path / f'MAE-seed{seed}', tmp_path / f'MAE-seed{seed}-x2'
     start1, = [r for r in read_log(str(run1 / 'log.jsonl')) if r['event'] == 'start']
     start2, = [r for r in read_log(str(run2 / 'log.jsonl')) if r['event'] == 'start']
     assert start1['init'] is None
     assert start2['init']['path'] == str(run1 / 'checkpoint-last.pth')  # run 2 starts from run 1's last weights
-    assert start1['config']['seed'] == 0 and start2['config']['seed'] == 1  # a new data order
+    assert start1['config']['seed'] == seed  # the race's own run of that seed
+    assert start2['config']['seed'] == seed + 1  # a new data order
     result = json.loads(out.read_text())
     assert result['run1']['steps'] == result['run2']['steps'] == 2  # as many steps again
     assert result['run2']['probe']['checkpoint'] == str(run2 / 'checkpoint-last.pth')
@@ -44,7 +49,7 @@ def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, m
     assert result['run1']['online_evals'] and result['run2']['online_evals']
 
     # a second invocation finds both runs finished: nothing is trained again
-    race_continue.main(['--method', 'MAE', '--work', str(tmp_path), '--out', str(out)])
+    race_continue.main(['--method', 'MAE', '--seed', str(seed), '--work', str(tmp_path), '--out', str(out)])
     for run in (run1, run2):
         assert sum(r['event'] == 'start' for r in read_log(str(run / 'log.jsonl'))) == 1
     assert json.loads(out.read_text())['invocations'] == [dict(threads=1, run1_step=0, run2_step=0),
@@ -58,3 +63,12 @@ def test_a_killed_first_run_is_not_finished(tmp_path):
     with open(log, 'a') as f:
         f.write(json.dumps(dict(event='train', step=2, epoch=1.0)) + '\n' + json.dumps(dict(event='end')) + '\n')
     assert race_continue.finished(str(tmp_path), 1.0)
+
+
+def test_a_race_run_that_was_never_committed_is_one_line_and_exit_2(tmp_path):
+    script = os.path.join(os.path.dirname(race_continue.__file__), 'race_continue.py')
+    done = subprocess.run([sys.executable, script, '--method', 'MAE', '--seed', '7', '--work', str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().count('\n') == 0 and 'no race record' in done.stderr and 'MAE-seed7' in done.stderr
+    assert not os.listdir(tmp_path)  # nothing was started
