@@ -72,3 +72,30 @@ def test_a_race_run_that_was_never_committed_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count('\n') == 0 and 'no race record' in done.stderr and 'MAE-seed7' in done.stderr
     assert not os.listdir(tmp_path)  # nothing was started
+
+
+def _probe(lars, converged, knn):
+    return dict(top1=lars, lbfgs_top1=converged, knn_top1=knn, per_block_top1=[converged - 2, converged],
+                pixel_linear_top1=84.5, pixel_lbfgs_top1=84.1, pixel_knn_top1=85.7)
+
+
+def test_the_table_sets_each_budget_of_both_methods_beside_the_other_with_the_seeds_spread(tmp_path):
+    results = tmp_path / 'results'
+    (results / 'race_continue').mkdir(parents=True)
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        run = dict(steps=100, train_cpu_min=10.0)
+        (results / 'race_continue' / f'MAE-seed{seed}.json').write_text(json.dumps(dict(
+            invocations=[dict(threads=1)], run1=dict(run, probe=_probe(80 + shift, 83 + shift, 81 + shift)),
+            run2=dict(run, probe=_probe(82 + shift, 85 + shift, 83 + shift)))))
+    table = race_continue.write_table(str(tmp_path / 'table.md'), results=str(results))
+    assert table == (tmp_path / 'table.md').read_text()
+    rows = [line.split(' | ') for line in table.splitlines() if line.startswith('| MAE |')]
+    per_run = {(r[1], r[2]): r for r in rows if len(r) > 6}
+    assert per_run['2 race budgets', '1'][3] == '200'  # run 2's steps count run 1's too
+    assert per_run['1 race budget', '0'][6:9] == ['80.00', '83.00', '81.00']
+    assert per_run['2 race budgets', '1'][9] == '2: 86.00'
+    summary = {r[1]: r for r in rows if len(r) == 6}
+    assert summary['2 race budgets'][2:] == ['2', '82.5 ± 0.7', '85.5 ± 0.7', '83.5 ± 0.7 |']
+    # RandSAC's seed 0 comes from the committed files measured before this script (the shipped record, the
+    # continuation's result), whatever `results` is
+    assert '| RandSAC | 2 race budgets | 0 | 11364 |' in table
