@@ -148,7 +148,8 @@ def _ends(method: str, seed: int, results: str = RESULTS) -> Dict[str, Dict[str,
     path = os.path.join(results, 'race_continue', f'{method}-seed{seed}.json')
     result = _read(path) or {}
     threads = sorted({i['threads'] for i in result.get('invocations', [])})
-    return {run: dict(result[run], threads='/'.join(map(str, threads)), source=os.path.relpath(path, ROOT))
+    return {run: dict(result[run], threads='/'.join(map(str, threads)), source=os.path.relpath(path, ROOT),
+                      note=result.get('note'))
             for run in ('run1', 'run2') if 'probe' in result.get(run, {})}
 
 
@@ -159,7 +160,7 @@ def write_table(path: str = TABLE, seeds: Tuple[int, ...] = (0, 1), results: str
     lines = ['| method | budget | seed | steps in all | this run\'s train CPU-min | threads | '
              + ' | '.join(n for n, _ in readouts) + ' | best block (converged) | source |',
              '|' + '---|' * (8 + len(readouts))]
-    summary, pixels = [], []
+    summary, pixels, notes = [], [], {}
     for method in ('RandSAC', 'MAE'):
         for budget, run in (('1 race budget', 'run1'), ('2 race budgets', 'run2')):
             measured = []
@@ -172,6 +173,8 @@ def write_table(path: str = TABLE, seeds: Tuple[int, ...] = (0, 1), results: str
                 probe = end['probe']
                 measured.append(probe)
                 pixels.append(probe)
+                if end.get('note'):
+                    notes[end['source']] = end['note']
                 blocks = probe.get('per_block_top1') or []
                 best = max(range(len(blocks)), key=blocks.__getitem__) if blocks else None
                 lines.append(f'| {method} | {budget} | {seed} | {steps} | {end["train_cpu_min"]:.1f} | '
@@ -195,7 +198,8 @@ def write_table(path: str = TABLE, seeds: Tuple[int, ...] = (0, 1), results: str
         *summary, '',
         'Raw pixels in the same probes (lowest-highest over the probes): ' + ', '.join(
             f'{name} {min(p[k] for p in pixels):.2f}-{max(p[k] for p in pixels):.2f}'
-            for (name, _), k in zip(readouts, pixel_keys)) + '.' if pixels else 'No run probed yet.', ''])
+            for (name, _), k in zip(readouts, pixel_keys)) + '.' if pixels else 'No run probed yet.', '',
+        *(f'Note on `{source}`: {note}.\n' for source, note in notes.items())])
     with open(path, 'w') as f:
         f.write(text)
     return text
