@@ -33,6 +33,7 @@ def _tiny(monkeypatch):
 def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, monkeypatch, seed):
     _tiny(monkeypatch)
     out = tmp_path / 'MAE.json'
+    table_written = os.stat(race_continue.TABLE).st_mtime_ns
     race_continue.main(['--method', 'MAE', '--seed', str(seed), '--work', str(tmp_path), '--out', str(out)])
     run1, run2 = tmp_path / f'MAE-seed{seed}', tmp_path / f'MAE-seed{seed}-x2'
     start1, = [r for r in read_log(str(run1 / 'log.jsonl')) if r['event'] == 'start']
@@ -47,6 +48,7 @@ def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, m
     assert result['run1']['probe']['checkpoint'] == str(run1 / 'checkpoint-last.pth')
     assert result['rerun_check']['rerun_final_loss'] == result['run1']['final_loss']
     assert result['run1']['online_evals'] and result['run2']['online_evals']
+    assert os.stat(race_continue.TABLE).st_mtime_ns == table_written  # a test's runs stay out of the committed table
 
     # a second invocation finds both runs finished: nothing is trained again
     race_continue.main(['--method', 'MAE', '--seed', str(seed), '--work', str(tmp_path), '--out', str(out)])
