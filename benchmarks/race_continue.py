@@ -162,10 +162,10 @@ def write_table(path: str = TABLE, seeds: Tuple[int, ...] = (0, 1), results: str
              '|' + '---|' * (8 + len(readouts))]
     summary, pixels, notes = [], [], {}
     for method in ('RandSAC', 'MAE'):
+        ends_by_seed = {seed: _ends(method, seed, results) for seed in seeds}  # each result file read once
         for budget, run in (('1 race budget', 'run1'), ('2 race budgets', 'run2')):
             measured = []
-            for seed in seeds:
-                ends = _ends(method, seed, results)
+            for seed, ends in ends_by_seed.items():
                 end = ends.get(run)
                 if end is None:
                     continue
