@@ -131,25 +131,27 @@ TABLE = os.path.join(RESULTS, 'race_continue', 'table.md')
 
 
 def _ends(method: str, seed: int, results: str = RESULTS) -> Dict[str, Dict[str, Any]]:
-    """{'run1': ..., 'run2': ...} of one race run, each with its full-split `probe`, `steps`, `train_cpu_min` and
-    `source`, for the ends measured so far (none when neither has been probed)."""
+    """{'run1': ..., 'run2': ...} of one race run, each with its full-split `probe`, `steps`, `steps_in_all` (run 2's
+    counts run 1's, probed or not), `train_cpu_min` and `source`, for the ends probed so far (none before)."""
     if method == 'RandSAC' and seed == 0:
         with open(RANDSAC_SEED0['run1']) as f:
             shipped = json.load(f)
         race = race_config(method, seed)
         with open(RANDSAC_SEED0['run2']) as f:
             continued = json.load(f)
-        return dict(run1=dict(probe=shipped['evaluations'][0], steps=race['steps'],
+        steps2 = continued['last_train_record']['step']
+        return dict(run1=dict(probe=shipped['evaluations'][0], steps=race['steps'], steps_in_all=race['steps'],
                               train_cpu_min=race['train_cpu_min'], threads=race['threads'],
                               source=os.path.relpath(RANDSAC_SEED0['run1'], ROOT)),
-                    run2=dict(probe=continued['probe'], steps=continued['last_train_record']['step'],
+                    run2=dict(probe=continued['probe'], steps=steps2, steps_in_all=race['steps'] + steps2,
                               train_cpu_min=continued['train_cpu_min'], threads=continued['torch_threads'],
                               source=os.path.relpath(RANDSAC_SEED0['run2'], ROOT)))
     path = os.path.join(results, 'race_continue', f'{method}-seed{seed}.json')
     result = _read(path) or {}
     threads = sorted({i['threads'] for i in result.get('invocations', [])})
-    return {run: dict(result[run], threads='/'.join(map(str, threads)), source=os.path.relpath(path, ROOT),
-                      note=result.get('note'))
+    before = dict(run1=0, run2=result.get('run1', {}).get('steps', 0))
+    return {run: dict(result[run], steps_in_all=before[run] + result[run]['steps'],
+                      threads='/'.join(map(str, threads)), source=os.path.relpath(path, ROOT), note=result.get('note'))
             for run in ('run1', 'run2') if 'probe' in result.get(run, {})}
 
 
@@ -169,7 +171,6 @@ def write_table(path: str = TABLE, seeds: Tuple[int, ...] = (0, 1), results: str
                 end = ends.get(run)
                 if end is None:
                     continue
-                steps = end['steps'] + (ends['run1']['steps'] if run == 'run2' and 'run1' in ends else 0)
                 probe = end['probe']
                 measured.append(probe)
                 pixels.append(probe)
@@ -177,7 +178,7 @@ def write_table(path: str = TABLE, seeds: Tuple[int, ...] = (0, 1), results: str
                     notes[end['source']] = end['note']
                 blocks = probe.get('per_block_top1') or []
                 best = max(range(len(blocks)), key=blocks.__getitem__) if blocks else None
-                lines.append(f'| {method} | {budget} | {seed} | {steps} | {end["train_cpu_min"]:.1f} | '
+                lines.append(f'| {method} | {budget} | {seed} | {end["steps_in_all"]} | {end["train_cpu_min"]:.1f} | '
                              f'{end["threads"]} | ' + ' | '.join(f'{probe[k]:.2f}' for _, k in readouts)
                              + (f' | {best + 1}: {blocks[best]:.2f}' if blocks else ' | -') + f' | `{end["source"]}` |')
             if measured:

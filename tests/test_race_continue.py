@@ -101,3 +101,15 @@ def test_the_table_sets_each_budget_of_both_methods_beside_the_other_with_the_se
     # RandSAC's seed 0 comes from the committed files measured before this script (the shipped record, the
     # continuation's result), whatever `results` is
     assert '| RandSAC | 2 race budgets | 0 | 11364 |' in table
+
+
+def test_run_2s_steps_in_all_count_run_1_before_run_1_is_probed(tmp_path):
+    # the script probes run 2 first, so a table written between the two probes has run 2 without run 1
+    (tmp_path / 'race_continue').mkdir()
+    (tmp_path / 'race_continue' / 'MAE-seed0.json').write_text(json.dumps(dict(
+        invocations=[dict(threads=1)], run1=dict(steps=100, train_cpu_min=10.0),
+        run2=dict(steps=100, train_cpu_min=10.0, probe=_probe(82, 85, 83)))))
+    table = race_continue.write_table(str(tmp_path / 'table.md'), seeds=(0,), results=str(tmp_path))
+    mae, = [line for line in table.splitlines() if line.startswith('| MAE | 2 race budgets | 0 |')]
+    assert mae.split(' | ')[3] == '200'
+    assert not [line for line in table.splitlines() if line.startswith('| MAE | 1 race budget | 0 |')]
