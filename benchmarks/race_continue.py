@@ -13,7 +13,8 @@ compared at two race budgets each:
   2. run 2: a warm restart from run 1's weights (`--init`: fresh optimizer, warmup and cosine schedule), the same
      recipe and step count, data order seed S + 1 (so it does not replay run 1's batches), evaluated on the same
      subsets, exactly as `fmnist_continue.sh` continued RandSAC (its seed 0);
-  3. `eval_linear.py --fast --pixel-baselines` on run 2's and run 1's last checkpoints, the shipped weights' probe.
+  3. `eval_linear.py --fast --pixel-baselines` on each run's last checkpoint as soon as that run ends (the shipped
+     weights' probe), so run 1's numbers are kept even if the command stops during run 2.
 The step counts are the race's: each run's epochs are what the race's 60 CPU-min bought that method at 1 thread, so
 both methods get two equal budgets on the race's scale whatever this machine's load. Runs train at `--threads`
 (default 1, the race's) and are resumable stage by stage: rerun the command after a kill.
@@ -132,7 +133,8 @@ TABLE = os.path.join(RESULTS, 'race_continue', 'table.md')
 
 def _ends(method: str, seed: int, results: str = RESULTS) -> Dict[str, Dict[str, Any]]:
     """{'run1': ..., 'run2': ...} of one race run, each with its full-split `probe`, `steps`, `steps_in_all` (run 2's
-    counts run 1's, probed or not), `train_cpu_min` and `source`, for the ends probed so far (none before)."""
+    counts run 1's, probed or not: MAE seed 0 was probed run 2 first), `train_cpu_min` and `source`, for the ends
+    probed so far (none before)."""
     if method == 'RandSAC' and seed == 0:
         with open(RANDSAC_SEED0['run1']) as f:
             shipped = json.load(f)
@@ -246,10 +248,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         dict(threads=args.threads, run1_step=last_step(run1_dir), run2_step=last_step(run2_dir)))
     torch.set_num_threads(args.threads)
 
+    # each run is probed as soon as it ends, so a session that stops during run 2 keeps run 1's full-split numbers;
+    # the probes are subprocesses at torch's default threads, as the shipped weights' probe was
     if not finished(run1_dir, config['epochs']):
         train(dict(config, output_dir=run1_dir))
     result['run1'] = run_summary(run1_dir)
     result['rerun_check'] = rerun_check(race, result['run1'])
+    _write_row(out, result)
+    result['run1']['probe'] = probe(os.path.join(run1_dir, 'checkpoint-last.pth'), os.path.join(run1_dir, 'probe'),
+                                    args.data_dir)
     _write_row(out, result)
 
     if not finished(run2_dir, config['epochs']):
@@ -257,12 +264,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                    init=os.path.join(run1_dir, 'checkpoint-last.pth')))
     result['run2'] = run_summary(run2_dir)
     _write_row(out, result)
-
-    # the probes are subprocesses at torch's default threads, as the shipped weights' probe was
     result['run2']['probe'] = probe(os.path.join(run2_dir, 'checkpoint-last.pth'), os.path.join(run2_dir, 'probe'),
-                                    args.data_dir)
-    _write_row(out, result)
-    result['run1']['probe'] = probe(os.path.join(run1_dir, 'checkpoint-last.pth'), os.path.join(run1_dir, 'probe'),
                                     args.data_dir)
     _write_row(out, result)
     if args.out is None:  # a result file elsewhere (a test's) is not the table's to read

@@ -58,6 +58,25 @@ def test_second_run_continues_the_first_and_finished_stages_are_kept(tmp_path, m
                                                            dict(threads=1, run1_step=2, run2_step=2)]
 
 
+def test_run_1_is_probed_and_kept_before_run_2_trains(tmp_path, monkeypatch):
+    # a session that stops during run 2 must keep run 1's full-split numbers
+    _tiny(monkeypatch)
+    out = tmp_path / 'MAE.json'
+
+    def stopped(values):
+        if values.get('init'):
+            raise KeyboardInterrupt  # run 2 is killed before it trains a step
+        real_train(values)
+
+    real_train = race_continue.train
+    monkeypatch.setattr(race_continue, 'train', stopped)
+    with pytest.raises(KeyboardInterrupt):
+        race_continue.main(['--method', 'MAE', '--work', str(tmp_path), '--out', str(out)])
+    result = json.loads(out.read_text())
+    assert result['run1']['probe']['checkpoint'] == str(tmp_path / 'MAE-seed0' / 'checkpoint-last.pth')
+    assert 'run2' not in result
+
+
 def test_a_killed_first_run_is_not_finished(tmp_path):
     log = tmp_path / 'log.jsonl'
     log.write_text(json.dumps(dict(event='start')) + '\n' + json.dumps(dict(event='train', step=1, epoch=0.5)) + '\n')
@@ -104,7 +123,7 @@ def test_the_table_sets_each_budget_of_both_methods_beside_the_other_with_the_se
 
 
 def test_run_2s_steps_in_all_count_run_1_before_run_1_is_probed(tmp_path):
-    # the script probes run 2 first, so a table written between the two probes has run 2 without run 1
+    # MAE seed 0 was probed run 2 first (the script then probed at the end), so its file once had run 2 without run 1
     (tmp_path / 'race_continue').mkdir()
     (tmp_path / 'race_continue' / 'MAE-seed0.json').write_text(json.dumps(dict(
         invocations=[dict(threads=1)], run1=dict(steps=100, train_cpu_min=10.0),
