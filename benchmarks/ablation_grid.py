@@ -608,7 +608,7 @@ def _write_table(root: str, tag: str, rows_dir: str, grid: List[Dict[str, Any]],
         f'linear probe (fast '
         f'mode, {args.probe_epochs} epochs), converged = L-BFGS logistic regression on the same features, best '
         f'block = the block with the best converged readout; {hardware}. Mean ± std over the seeds. '
-        f'Command: `python benchmarks/ablation_grid.py {" ".join(shlex.quote(a) for a in args.argv)}`.',
+        f'Command: `{" ".join(["python", "benchmarks/ablation_grid.py"] + [shlex.quote(a) for a in args.argv])}`.',
         '',
         '| row | group | target | trained with | LARS top-1 | converged top-1 | kNN top-1 | best block | seeds '
         '| pretrain img/s | pretrain CPU-min | threads | paper CIFAR-10 LIN |',
