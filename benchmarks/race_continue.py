@@ -246,6 +246,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     # each invocation's thread count and where it found the runs, so a run resumed at another count says so
     result.setdefault('invocations', []).append(
         dict(threads=args.threads, run1_step=last_step(run1_dir), run2_step=last_step(run2_dir)))
+    _write_row(out, result)  # now, so an invocation killed before its run ends is still on record
     torch.set_num_threads(args.threads)
 
     # each run is probed as soon as it ends, so a session that stops during run 2 keeps run 1's full-split numbers;

@@ -77,6 +77,20 @@ def test_run_1_is_probed_and_kept_before_run_2_trains(tmp_path, monkeypatch):
     assert 'run2' not in result
 
 
+def test_an_invocation_killed_during_run_1_is_on_record(tmp_path, monkeypatch):
+    # its thread count must be known even though it never finished a stage
+    _tiny(monkeypatch)
+    out = tmp_path / 'MAE.json'
+
+    def killed(values):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(race_continue, 'train', killed)
+    with pytest.raises(KeyboardInterrupt):
+        race_continue.main(['--method', 'MAE', '--work', str(tmp_path), '--out', str(out), '--threads', '2'])
+    assert json.loads(out.read_text())['invocations'] == [dict(threads=2, run1_step=0, run2_step=0)]
+
+
 def test_a_killed_first_run_is_not_finished(tmp_path):
     log = tmp_path / 'log.jsonl'
     log.write_text(json.dumps(dict(event='start')) + '\n' + json.dumps(dict(event='train', step=1, epoch=0.5)) + '\n')
