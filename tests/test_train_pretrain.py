@@ -102,19 +102,23 @@ def test_fractional_epochs_end_mid_epoch_with_the_whole_schedule_and_a_rerun_kee
     again = train(parse_pretrain_args(argv))
     assert again.step == 12 and len(_records(out)) == 12
     assert again.last_loss == result.last_loss == _records(out)[-1]['loss']
-def _command(out_dir, steps):
-    return [sys.executable, 'train_pretrain.py', *SHORT, '--max-steps', str(steps), '--log-every', '1',
+def _command(out_dir, steps, model=()):
+    return [sys.executable, 'train_pretrain.py', *SHORT, *model, '--max-steps', str(steps), '--log-every', '1',
             '--save-every', '3', '--vis-every', '0', '--output-dir', out_dir]
 
 
-def test_sigkill_then_same_command_resumes_with_identical_losses(tmp_path):
+# the default RandSAC wrapper, and MAE as the race ran it (its random masks must replay after a resume too)
+@pytest.mark.parametrize('model', [(), ('--model', 'mae_pretrain_vit_micro_patch4_28', '--img-size', '28',
+                                        '--mask-ratio', '0.85')], ids=['randsac', 'mae'])
+def test_sigkill_then_same_command_resumes_with_identical_losses(tmp_path, model):
     steps = 12
     ref_dir, run_dir = str(tmp_path / 'ref'), str(tmp_path / 'run')
-    subprocess.run(_command(ref_dir, steps), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(_command(ref_dir, steps, model), cwd=REPO, check=True, capture_output=True)
     reference = {r['step']: r['loss'] for r in _records(ref_dir)}
     assert sorted(reference) == list(range(1, steps + 1))
 
-    proc = subprocess.Popen(_command(run_dir, steps), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_command(run_dir, steps, model), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     log = os.path.join(run_dir, 'log.jsonl')
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -126,7 +130,7 @@ def test_sigkill_then_same_command_resumes_with_identical_losses(tmp_path):
     killed_at = max(r['step'] for r in _records(run_dir))
     assert killed_at < steps
 
-    subprocess.run(_command(run_dir, steps), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(_command(run_dir, steps, model), cwd=REPO, check=True, capture_output=True)
     resumed = _records(run_dir, 'resume')
     assert len(resumed) == 1 and 0 < resumed[0]['step'] <= killed_at
     # every logged loss (before the kill, and replayed after the resume) equals the uninterrupted run
