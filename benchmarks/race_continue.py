@@ -249,25 +249,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     _write_row(out, result)  # now, so an invocation killed before its run ends is still on record
     torch.set_num_threads(args.threads)
 
-    # each run is probed as soon as it ends, so a session that stops during run 2 keeps run 1's full-split numbers;
-    # the probes are subprocesses at torch's default threads, as the shipped weights' probe was
-    if not finished(run1_dir, config['epochs']):
-        train(dict(config, output_dir=run1_dir))
-    result['run1'] = run_summary(run1_dir)
-    result['rerun_check'] = rerun_check(race, result['run1'])
-    _write_row(out, result)
-    result['run1']['probe'] = probe(os.path.join(run1_dir, 'checkpoint-last.pth'), os.path.join(run1_dir, 'probe'),
-                                    args.data_dir)
-    _write_row(out, result)
-
-    if not finished(run2_dir, config['epochs']):
-        train(dict(config, output_dir=run2_dir, seed=args.seed + 1,
-                   init=os.path.join(run1_dir, 'checkpoint-last.pth')))
-    result['run2'] = run_summary(run2_dir)
-    _write_row(out, result)
-    result['run2']['probe'] = probe(os.path.join(run2_dir, 'checkpoint-last.pth'), os.path.join(run2_dir, 'probe'),
-                                    args.data_dir)
-    _write_row(out, result)
+    # run 2 continues run 1's last weights with a new data order; each run is probed as soon as it ends, so a
+    # session that stops during run 2 keeps run 1's full-split numbers. The probes are subprocesses at torch's
+    # default threads, as the shipped weights' probe was
+    stages = (('run1', run1_dir, {}),
+              ('run2', run2_dir, dict(seed=args.seed + 1, init=os.path.join(run1_dir, 'checkpoint-last.pth'))))
+    for run, run_dir, changes in stages:
+        if not finished(run_dir, config['epochs']):
+            train(dict(config, output_dir=run_dir, **changes))
+        result[run] = run_summary(run_dir)
+        if run == 'run1':
+            result['rerun_check'] = rerun_check(race, result['run1'])
+        _write_row(out, result)
+        result[run]['probe'] = probe(os.path.join(run_dir, 'checkpoint-last.pth'), os.path.join(run_dir, 'probe'),
+                                     args.data_dir)
+        _write_row(out, result)
     if args.out is None:  # a result file elsewhere (a test's) is not the table's to read
         print(write_table())
 
