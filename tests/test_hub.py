@@ -370,3 +370,12 @@ def test_the_card_sets_each_readout_beside_the_raw_pixels_and_carries_the_publis
         main(['card', str(packaged / 'randsac_vit_micro_patch4_28.fmnist.json'), str(tmp_path / 'out.md'),
               '--notes', str(tmp_path / 'missing.md')])
     assert not (tmp_path / 'out.md').exists()
+
+
+def test_the_card_names_the_cpu_its_kernels_and_threads_when_the_record_has_them():
+    from randsac_timm.hub.model_card import _hardware
+
+    new = dict(device='cpu', cpu='x86_64', cpu_model='AMD EPYC', cpu_capability='AVX2', cpu_threads=1)
+    assert _hardware(new).startswith('CPU AMD EPYC (AVX2), 1 thread (cpu')
+    assert _hardware(dict(new, cpu_threads=2)).startswith('CPU AMD EPYC (AVX2), 2 threads (')
+    assert _hardware(dict(device='cpu', cpu='x86_64')) == 'CPU x86_64 (cpu)'  # a record from before machine_record

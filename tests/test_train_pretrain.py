@@ -85,8 +85,6 @@ def test_epoch_records_and_lr_follow_warmup_then_cosine(tmp_path):
     assert [r['epoch'] for r in epochs] == [0, 1] and all(r['loss'] > 0 for r in epochs)
 
 
-
-
 def test_fractional_epochs_end_mid_epoch_with_the_whole_schedule_and_a_rerun_keeps_the_loss(tmp_path):
     out = str(tmp_path / 'run')
     # 8 steps per epoch, 1.5 epochs = 12 steps: the cosine reaches its end at step 12, inside the second epoch
@@ -102,6 +100,25 @@ def test_fractional_epochs_end_mid_epoch_with_the_whole_schedule_and_a_rerun_kee
     again = train(parse_pretrain_args(argv))
     assert again.step == 12 and len(_records(out)) == 12
     assert again.last_loss == result.last_loss == _records(out)[-1]['loss']
+
+
+def test_each_start_record_names_the_thread_count_and_cpu_kernels_it_ran_at(tmp_path):
+    # float results of a CPU run depend on both (benchmarks/rerun_rounding.py): a run resumed at another thread
+    # count says so in its own log, not only in a note
+    out = str(tmp_path / 'run')
+    argv = SHORT + ['--output-dir', out, '--vis-every', '0', '--save-every', '2']
+    threads = torch.get_num_threads()
+    try:
+        for n, steps in ((1, 2), (2, 4)):
+            torch.set_num_threads(n)
+            train(parse_pretrain_args(argv + ['--max-steps', str(steps)]))
+    finally:
+        torch.set_num_threads(threads)
+    starts = _records(out, 'start')
+    assert [(r['step'], r['cpu_threads']) for r in starts] == [(0, 1), (2, 2)]
+    assert all(r['cpu_capability'] == torch.backends.cpu.get_cpu_capability() for r in starts)
+
+
 def _command(out_dir, steps, model=()):
     return [sys.executable, 'train_pretrain.py', *SHORT, *model, '--max-steps', str(steps), '--log-every', '1',
             '--save-every', '3', '--vis-every', '0', '--output-dir', out_dir]

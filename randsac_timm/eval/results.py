@@ -8,10 +8,10 @@ import os
 import platform
 from typing import Any, Dict
 
-import timm
 import torch
 
 from ..train.checkpoint import atomic_write
+from ..train.run_log import machine_record
 
 __all__ = ['RESULT_KEYS', 'hardware_info', 'write_results']
 
@@ -19,12 +19,7 @@ RESULT_KEYS = ('top1', 'knn_top1', 'pixel_linear_top1', 'pixel_knn_top1')
 
 
 def hardware_info(device: torch.device) -> Dict[str, Any]:
-    return dict(
-        device=str(device), host=platform.node(), cpu=platform.processor() or platform.machine(),
-        cpu_threads=torch.get_num_threads(), os_cpu_count=os.cpu_count(),
-        gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
-        torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
-    )
+    return dict(machine_record(device), python=platform.python_version())
 
 
 def write_results(output_dir: str, results: Dict[str, Any]) -> str:

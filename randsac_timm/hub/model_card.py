@@ -137,16 +137,18 @@ def _duration(seconds: Optional[float]) -> str:
 
 
 def _hardware(record: Dict[str, Any]) -> str:
-    """'1 x NVIDIA H100 (cuda:0)' / 'CPU x86_64 (cpu)' from a log 'start' record or a results 'hardware' dict."""
+    """'1 x NVIDIA H100 (cuda:0)' / 'CPU AMD EPYC (AVX2), 1 thread (cpu)' from a log 'start' record or a results
+    'hardware' dict (records older than `machine_record` name the CPU by its architecture only)."""
     device = record.get('device', '?')
-    gpu, cpu = record.get('gpu'), record.get('cpu') or '?'
+    gpu, cpu = record.get('gpu'), record.get('cpu_model') or record.get('cpu') or '?'
     procs = record.get('world_size')
     if gpu:
         text = f'{procs} x {gpu}' if procs else str(gpu)
     else:
-        text = f'CPU {cpu}'
-        if record.get('cpu_threads'):
-            text += f', {record["cpu_threads"]} threads'
+        text = f'CPU {cpu}' + (f' ({record["cpu_capability"]})' if record.get('cpu_capability') else '')
+        threads = record.get('cpu_threads')
+        if threads:
+            text += f', {threads} thread{"s" if threads != 1 else ""}'
     versions = ', '.join(f'{lib} {record[lib]}' for lib in ('torch', 'timm') if record.get(lib))
     return f'{text} ({device}{"; " + versions if versions else ""})'
 

@@ -15,7 +15,6 @@ losses as one that never stopped.
 import contextlib
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -52,7 +51,7 @@ from .data import (
 )
 from .distributed import DistContext, bf16_autocast, init_distributed, select_attention_backends
 from .online_eval import EvalSchedule, OnlineEvaluator
-from .run_log import JsonlLog
+from .run_log import JsonlLog, machine_record
 from .task import PretrainTask
 
 __all__ = ['train', 'TrainResult', 'NonFiniteLossError', 'build_pretrain_model']
@@ -283,11 +282,9 @@ def _run_info(run: Run, init: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         print('warning: --amp on CPU runs bf16 autocast, which is slow on most CPUs; fp32 is the CPU default')
     cudnn_sdp = select_attention_backends(device, cfg.cudnn_attention) if device.type == 'cuda' else None
     return dict(model=cfg.model, segments=str(run.model.segments), lr=run.lr, effective_batch=run.eff_batch,
-                cudnn_sdp=cudnn_sdp, world_size=run.ctx.world_size, device=str(device),
-                updates_per_epoch=run.updates_per_epoch, total_updates=run.total_updates, torch=torch.__version__,
-                timm=timm.__version__, host=platform.node(), cpu=platform.processor() or platform.machine(),
-                gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
-                init={k: v for k, v in init.items() if k != 'model_kwargs'} if init else None)
+                cudnn_sdp=cudnn_sdp, world_size=run.ctx.world_size,
+                updates_per_epoch=run.updates_per_epoch, total_updates=run.total_updates,
+                init={k: v for k, v in init.items() if k != 'model_kwargs'} if init else None, **machine_record(device))
 
 
 class Checkpointer:

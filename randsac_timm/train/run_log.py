@@ -6,7 +6,11 @@ costs one record, never the run's table, curve or model card.
 """
 import json
 import os
+import platform
 from typing import Any, Dict, List, Optional
+
+import timm
+import torch
 
 
 def read_log(path: str) -> List[Dict[str, Any]]:
@@ -21,6 +25,32 @@ def read_log(path: str) -> List[Dict[str, Any]]:
             if isinstance(record, dict):
                 records.append(record)
     return records
+
+
+def _cpu_model() -> Optional[str]:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), None elsewhere."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_record(device: torch.device) -> Dict[str, Any]:
+    """What a run or an evaluation ran on, for its start record or results.json.
+
+    Beside the host and library versions it keeps what decides the float results of a CPU run: the torch thread
+    count and the CPU kernels torch dispatches to (`cpu_capability`: AVX2, AVX512, ...). Two runs of one config on
+    machines that differ there agree only up to rounding (`benchmarks/rerun_rounding.py`).
+    """
+    return dict(device=str(device), host=platform.node(), cpu=platform.processor() or platform.machine(),
+                cpu_model=_cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                cpu_threads=torch.get_num_threads(), os_cpu_count=os.cpu_count(),
+                gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
+                torch=torch.__version__, timm=timm.__version__)
 
 
 class JsonlLog:
