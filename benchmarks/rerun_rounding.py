@@ -17,7 +17,6 @@ Output: `benchmarks/results/rerun_rounding.json` and the table it prints.
 import argparse
 import json
 import os
-import platform
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -26,6 +25,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ablation_grid import _write_row  # noqa: E402
 from race_continue import RESULTS, race_config  # noqa: E402
+
+from randsac_timm.train.run_log import machine_record  # noqa: E402
 
 RERUNS = ('RandSAC-seed1', 'MAE-seed0', 'MAE-seed1')
 
@@ -87,8 +88,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                              'is one count deterministic?)')
     parser.add_argument('--out', default=os.path.join(RESULTS, 'rerun_rounding.json'))
     args = parser.parse_args(argv)
-    result = dict(command='python benchmarks/rerun_rounding.py', cpu=platform.processor() or platform.machine(),
-                  torch=torch.__version__, reruns=[compare(name) for name in RERUNS],
+    result = dict(command='python benchmarks/rerun_rounding.py', machine=machine_record(torch.device('cpu')),
+                  reruns=[compare(name) for name in RERUNS],
                   step0_on_this_machine=step0_readouts(args.threads))
     _write_row(args.out, result)
     print(table(result))
